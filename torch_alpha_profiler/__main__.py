@@ -1,0 +1,6 @@
+"""``python -m torch_alpha_profiler``: the alpha-profiler command line."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""Time the layers of a plan and append each result to a CSV as it is taken.
+
+Rows already in the output file are skipped (resume); a configuration that
+runs out of memory is written with status ``oom`` and no time. Inputs and
+weights are random (never zeros), on the chosen device and dtype.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import datetime as _dt
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from .plan import PLAN_COLUMNS, config_key
+
+RESULT_COLUMNS = PLAN_COLUMNS + ("dtype", "time_ms", "iqr_ms", "calls", "status")
+
+Progress = Callable[[int, int, Dict[str, str]], None]
+
+
+def environment(device: str, dtype: str) -> Dict[str, object]:
+    """Provenance of a measurement run: device, library versions, math mode, date."""
+    import torch
+
+    env: Dict[str, object] = {
+        "device": device,
+        "dtype": dtype,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
+                 "cudnn": torch.backends.cudnn.allow_tf32},
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "host": platform.node(),
+    }
+    if device.startswith("cuda"):
+        env["device_name"] = torch.cuda.get_device_name(device)
+        props = torch.cuda.get_device_properties(device)
+        env["sm_count"] = props.multi_processor_count
+        env["memory_gib"] = round(props.total_memory / 2 ** 30, 1)
+    else:
+        env["device_name"] = f"CPU ({platform.processor() or platform.machine()})"
+    return env
+
+
+def build_layer(r: Dict[str, str], device: str, dtype: str, seed: int = 0):
+    """The module and a random input for one plan row."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    dt = getattr(torch, dtype)
+    n, cin, cout = int(r["N"]), int(r["Cin"]), int(r["Cout"])
+    bias = r.get("bias", "0") == "1"
+    if r["kind"] == "Linear":
+        layer = nn.Linear(cin, cout, bias=bias)
+        x = torch.randn(n, cin, device=device, dtype=dt)
+    else:
+        k1, k2 = int(r["K1"]), int(r["K2"])
+        pad = r.get("padding", "")
+        if pad == "":
+            padding = (k1 // 2, k2 // 2)
+        else:
+            ph, _, pw = pad.partition("x")
+            padding = (int(ph), int(pw or ph))
+        stride = r["stride"].partition("x")
+        dil = r.get("dilation", "1").partition("x")
+        layer = nn.Conv2d(cin, cout, (k1, k2), stride=(int(stride[0]), int(stride[2] or stride[0])),
+                          padding=padding, dilation=(int(dil[0]), int(dil[2] or dil[0])),
+                          groups=int(r["groups"]), bias=bias)
+        x = torch.randn(n, cin, int(r["H"]), int(r["W"]), device=device, dtype=dt)
+    layer = layer.to(device=device, dtype=dt).eval()
+    return layer, x
+
+
+def _done_keys(path: str) -> set:
+    if not os.path.exists(path):
+        return set()
+    with open(path, newline="") as f:
+        return {config_key(r) + "," + r.get("dtype", "") for r in csv.DictReader(f)
+                if r.get("status") in ("ok", "oom")}
+
+
+def measure_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cuda",
+                 dtype: str = "float32", timer=None, resume: bool = True,
+                 progress: Optional[Progress] = None) -> List[Dict[str, str]]:
+    """Time every row of ``plan`` on ``device`` and append results to ``out_csv``.
+
+    Writes ``out_csv + '.env.json'`` (provenance) first. Returns the rows
+    measured in this call. The default timer is CudaGraphTimer on CUDA and
+    CpuTimer otherwise.
+    """
+    import torch
+
+    from .timers import CpuTimer, CudaGraphTimer
+
+    if timer is None:
+        timer = CudaGraphTimer() if device.startswith("cuda") else CpuTimer()
+    env = environment(device, dtype)
+    with open(out_csv + ".env.json", "w") as f:
+        json.dump(env, f, indent=1)
+    done = _done_keys(out_csv) if resume else set()
+    new_file = not os.path.exists(out_csv) or not resume
+    results: List[Dict[str, str]] = []
+    oom_errors = (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
+    with open(out_csv, "w" if new_file else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+        for i, r in enumerate(plan):
+            if progress is not None:
+                progress(i, len(plan), r)
+            if config_key(r) + "," + dtype in done:
+                continue
+            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", status="ok")
+            try:
+                layer, x = build_layer(r, device, dtype, seed=i)
+                with torch.no_grad():
+                    m = timer.measure(lambda: layer(x))
+                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block))
+            except oom_errors:
+                out["status"] = "oom"
+            finally:
+                layer = x = None
+                if device.startswith("cuda") and out["status"] == "oom":
+                    torch.cuda.empty_cache()
+            writer.writerow(out)
+            f.flush()
+            results.append(out)
+        if progress is not None:
+            progress(len(plan), len(plan), {})
+    return results
+
+
+def read_results(path: str) -> Iterable[Dict[str, str]]:
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)

@@ -1,0 +1,159 @@
+"""Which synthetic layers a calibration times.
+
+A plan is a list of layer-table rows (dicts of strings, see tables.py) with a
+``sweep`` column naming the experiment. Following the paper's Sec. 6, sweeps
+grow one axis at a time (N*H*W, Cin, Cout, K) around a few base points for
+each layer class (Linear, 1x1, KxK, grouped/depthwise; stride 1 and 2), and
+random configurations fill the space in between.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Dict, Iterable, List, Optional
+
+PLAN_COLUMNS = ("sweep", "kind", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride", "groups",
+                "padding", "dilation", "bias")
+
+MAX_MACS = 2e11  # skip configurations slower than ~1 s on a T2000-class GPU
+MAX_ELEMENTS = 2 ** 28  # per tensor (1 GiB in fp32)
+
+
+def row(sweep, kind="Conv2d", N=1, Cin=1, Cout=1, H=1, W=1, K=1, stride=1, groups=1,
+        padding=None, dilation=1, bias=None) -> Dict[str, str]:
+    """A plan row; ``padding=None`` means 'same' (K // 2 for the odd kernels used here)."""
+    if kind == "Linear":
+        H = W = K = stride = groups = 1
+    if bias is None:
+        bias = kind == "Linear"
+    return {"sweep": sweep, "kind": kind, "N": str(N), "Cin": str(Cin), "Cout": str(Cout),
+            "H": str(H), "W": str(W), "K1": str(K), "K2": str(K), "stride": str(stride),
+            "groups": str(groups), "padding": "" if padding is None else str(padding),
+            "dilation": str(dilation), "bias": "1" if bias else "0"}
+
+
+def macs_of(r: Dict[str, str]) -> float:
+    n, cin, cout, h, w = (int(r[k]) for k in ("N", "Cin", "Cout", "H", "W"))
+    k, s, g = int(r["K1"]) * int(r["K2"]), int(r["stride"]), int(r["groups"])
+    ho, wo = -(-h // s), -(-w // s)
+    return float(n * ho * wo * cout * (cin // g) * k)
+
+
+def fits(r: Dict[str, str]) -> bool:
+    n, cin, cout, h, w = (int(r[k]) for k in ("N", "Cin", "Cout", "H", "W"))
+    return (macs_of(r) <= MAX_MACS and n * cin * h * w <= MAX_ELEMENTS
+            and n * cout * h * w <= MAX_ELEMENTS)
+
+
+def _geom(lo: float, hi: float, n: int) -> List[int]:
+    """n integers spaced geometrically from lo to hi (duplicates removed)."""
+    if n == 1:
+        return [int(lo)]
+    vals = [round(lo * (hi / lo) ** (i / (n - 1))) for i in range(n)]
+    return sorted(set(int(v) for v in vals))
+
+
+def _sweeps(scale: int) -> Iterable[Dict[str, str]]:
+    pts = max(3, 7 * scale)
+    # Linear: rows, in- and out-features (paper Sec. 6.1: batch is a spatial axis)
+    for cin, cout in ((1024, 1024), (4096, 4096), (768, 3072), (2048, 1000)):
+        for n in _geom(1, 8192, pts + 2):
+            yield row("linear_rows", "Linear", N=n, Cin=cin, Cout=cout)
+    for n in (1, 64, 1024):
+        for c in _geom(16, 16384, pts):
+            yield row("linear_cin", "Linear", N=n, Cin=c, Cout=1024)
+            yield row("linear_cout", "Linear", N=n, Cin=1024, Cout=c)
+    # dense convolutions, K = 1, 3, 5, 7
+    for k in (1, 3, 5, 7):
+        for stride in (1, 2):
+            chans = ((64, 64), (256, 256), (128, 512)) if k > 1 else ((64, 256), (512, 512), (1024, 256))
+            for cin, cout in chans:
+                for n in (1, 16):
+                    for h in _geom(2, 224 if n == 1 else 112, pts):
+                        yield row(f"conv{k}_hw", N=n, Cin=cin, Cout=cout, H=h, W=h, K=k, stride=stride)
+            for h, n in ((7, 1), (28, 1), (14, 32), (56, 8)):
+                for c in _geom(8, 2048, pts):
+                    yield row(f"conv{k}_cin", N=n, Cin=c, Cout=256, H=h, W=h, K=k, stride=stride)
+                    yield row(f"conv{k}_cout", N=n, Cin=256, Cout=c, H=h, W=h, K=k, stride=stride)
+            for h, c in ((14, 256), (56, 64)):
+                for n in _geom(1, 128, pts):
+                    yield row(f"conv{k}_batch", N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride)
+    # depthwise and grouped convolutions
+    for k in (3, 5, 7):
+        for stride in (1, 2):
+            for c, h in ((32, 112), (144, 56), (480, 14), (960, 7)):
+                for n in (1, 32):
+                    yield row("dw_base", N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride, groups=c)
+            for n in (1, 32):
+                for c in _geom(16, 2048, pts):
+                    yield row("dw_c", N=n, Cin=c, Cout=c, H=14, W=14, K=k, stride=stride, groups=c)
+                for h in _geom(2, 112, pts):
+                    yield row("dw_hw", N=n, Cin=128, Cout=128, H=h, W=h, K=k, stride=stride, groups=128)
+    for gw in (8, 16, 32, 64):  # group width, as in RegNet / ResNeXt
+        for c in (64, 256, 1024):
+            if c // gw < 1:
+                continue
+            for n in (1, 32):
+                for h in (7, 14, 28, 56):
+                    for stride in (1, 2):
+                        yield row("grouped", N=n, Cin=c, Cout=c, H=h, W=h, K=3, stride=stride, groups=c // gw)
+
+
+def random_rows(count: int, seed: int, sweep: str = "random") -> List[Dict[str, str]]:
+    """Random Conv2d/Linear configurations, log-uniform in each axis."""
+    rng = random.Random(seed)
+
+    def logu(lo, hi):
+        return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+    out: List[Dict[str, str]] = []
+    while len(out) < count:
+        u = rng.random()
+        if u < 0.25:
+            r = row(sweep, "Linear", N=logu(1, 8192), Cin=logu(16, 16384), Cout=logu(16, 16384))
+        else:
+            k = rng.choice((1, 1, 3, 3, 5, 7))
+            n = logu(1, 64)
+            h = logu(1, 224)
+            stride = rng.choice((1, 1, 2))
+            if u < 0.4:  # depthwise
+                c = logu(8, 2048)
+                r = row(sweep, N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride, groups=c)
+            elif u < 0.5:  # grouped
+                gw = rng.choice((4, 8, 16, 32, 64))
+                g = logu(2, 64)
+                r = row(sweep, N=n, Cin=gw * g, Cout=gw * g * rng.choice((1, 2)), H=h, W=h, K=k,
+                        stride=stride, groups=g)
+            else:
+                r = row(sweep, N=n, Cin=logu(3, 2048), Cout=logu(3, 2048), H=h, W=h, K=k, stride=stride)
+        if fits(r) and (r["kind"] == "Linear" or int(r["H"]) >= 1):
+            out.append(r)
+    return out
+
+
+def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0) -> List[Dict[str, str]]:
+    """The calibration plan: axis sweeps plus random configurations, deduplicated.
+
+    ``scale`` sets the points per sweep (1: about 1,000 layers, a calibration of
+    about a minute on an H100); tests use ``scale=0`` for a tiny plan.
+    """
+    if scale <= 0:
+        rows = [row("tiny", "Linear", N=n, Cin=64, Cout=64) for n in (1, 4, 16)]
+        rows += [row("tiny", N=1, Cin=8, Cout=8, H=h, W=h, K=k) for k in (1, 3) for h in (4, 8, 16)]
+        rows += [row("tiny", N=1, Cin=8, Cout=8, H=8, W=8, K=3, groups=8)]
+        rows += random_rows(4 if random_count is None else random_count, seed)
+    else:
+        rows = [r for r in _sweeps(scale) if fits(r)]
+        rows += random_rows(300 * scale if random_count is None else random_count, seed)
+    seen, out = set(), []
+    for r in rows:
+        key = config_key(r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def config_key(r: Dict[str, str]) -> str:
+    """Identity of a configuration (everything but the sweep name and results)."""
+    return ",".join(r.get(c, "") for c in PLAN_COLUMNS[1:])

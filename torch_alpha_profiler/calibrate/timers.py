@@ -1,0 +1,103 @@
+"""Timers for one layer call: CUDA events around CUDA-graph replays, or a CPU clock.
+
+Both return a :class:`Measurement` of per-call milliseconds, one sample per
+timed block, after warm-up. A timer is any object with
+``measure(fn) -> Measurement``, so tests plug in a fake one.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-call times (ms), one per timed block, and how many calls each block averaged."""
+
+    samples_ms: Tuple[float, ...]
+    calls_per_block: int
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def iqr_ms(self) -> float:
+        if len(self.samples_ms) < 4:
+            return max(self.samples_ms) - min(self.samples_ms)
+        q = statistics.quantiles(self.samples_ms, n=4)
+        return q[2] - q[0]
+
+
+class CpuTimer:
+    """Wall-clock timer for CPU execution (the CPU twin of CudaGraphTimer)."""
+
+    def __init__(self, warmup: int = 2, blocks: int = 5, target_block_ms: float = 5.0,
+                 max_calls: int = 1000, clock: Callable[[], float] = time.perf_counter):
+        self.warmup, self.blocks, self.target_block_ms = warmup, blocks, target_block_ms
+        self.max_calls, self.clock = max_calls, clock
+
+    def measure(self, fn: Callable[[], object]) -> Measurement:
+        for _ in range(self.warmup):
+            fn()
+        t0 = self.clock()
+        fn()
+        one_ms = max((self.clock() - t0) * 1e3, 1e-6)
+        calls = int(min(self.max_calls, max(1, self.target_block_ms // one_ms)))
+        samples = []
+        for _ in range(self.blocks):
+            t0 = self.clock()
+            for _ in range(calls):
+                fn()
+            samples.append((self.clock() - t0) * 1e3 / calls)
+        return Measurement(tuple(samples), calls)
+
+
+class CudaGraphTimer:
+    """CUDA events around replays of a CUDA graph that holds ``inner`` calls.
+
+    The graph removes CPU launch overhead, so the time is what the GPU spends
+    on the layer when calls run back to back (as inside a captured model).
+    ``inner`` is chosen so that one replay lasts about ``target_replay_ms``.
+    """
+
+    def __init__(self, warmup: int = 2, blocks: int = 5, target_block_ms: float = 2.0,
+                 target_replay_ms: float = 0.2, max_inner: int = 32):
+        self.warmup, self.blocks = warmup, blocks
+        self.target_block_ms, self.target_replay_ms, self.max_inner = target_block_ms, target_replay_ms, max_inner
+
+    def measure(self, fn: Callable[[], object]) -> Measurement:
+        import torch
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(self.warmup):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        one_ms = max(start.elapsed_time(end), 1e-4)
+        inner = int(min(self.max_inner, max(1, self.target_replay_ms // one_ms)))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                fn()
+        graph.replay()
+        torch.cuda.synchronize()
+        replays = int(max(1, min(200, self.target_block_ms // (one_ms * inner))))
+        samples = []
+        for _ in range(self.blocks):
+            start.record()
+            for _ in range(replays):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / (replays * inner))
+        del graph
+        return Measurement(tuple(samples), replays * inner)

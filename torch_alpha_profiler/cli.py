@@ -1,0 +1,307 @@
+"""The ``alpha-profiler`` command: one ``cmd_<name>(args)`` per subcommand."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+import warnings
+from typing import List, Optional, Sequence
+
+EXIT_USER_ERROR = 2
+
+
+class CliError(Exception):
+    """An error to report to the user in one line (exit status 2)."""
+
+
+# ----------------------------------------------------------------- helpers
+def _input_size(args, name: str):
+    from .zoo import default_input_size
+
+    if not args.input_size:
+        return default_input_size(name)
+    size = args.input_size
+    return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
+
+
+def _profile_model(name: str, batch: int, size, profile, device: str):
+    import torch
+
+    from .profiler import AlphaProfiler
+    from .zoo import build_model
+
+    model = build_model(name, device=device)
+    x = torch.randn(batch, 3, *size, device=device)
+    with AlphaProfiler(model, profile=profile) as p, torch.no_grad():
+        model(x)
+    return p
+
+
+def _emit(text: str, out: Optional[str]) -> None:
+    if out:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+class _Bar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, label: str):
+        self.label, self.t0, self.last = label, time.monotonic(), 0.0
+
+    def __call__(self, i: int, n: int, row) -> None:
+        now = time.monotonic()
+        if i < n and now - self.last < 0.2:
+            return
+        self.last = now
+        width = 30
+        filled = int(width * i / max(n, 1))
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {i}/{n} "
+                         f"{now - self.t0:5.0f}s")
+        if i >= n:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+# ------------------------------------------------------------- subcommands
+def cmd_profile(args) -> int:
+    from .profile import load_profile
+
+    profile = load_profile(args.profile)
+    p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device)
+    if args.format == "json":
+        _emit(p.to_json(), args.out)
+    elif args.format == "csv":
+        _emit(p.to_csv(), args.out)
+    else:
+        head = (f"{args.model}, batch {args.batch}, profile {profile.name} ({profile.device_name}); "
+                f"FLOPs = 2 x multiply-accumulates\n")
+        _emit(head + p.table(depth=args.depth, top_k=args.top_k), args.out)
+    return 0
+
+
+def _ranks(values: Sequence[float]) -> List[int]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0] * len(values)
+    for r, i in enumerate(order):
+        ranks[i] = r + 1
+    return ranks
+
+
+def cmd_compare(args) -> int:
+    from .profile import load_profile
+
+    profile = load_profile(args.profile)
+    rows = []
+    for name in args.models:
+        for batch in args.batch:
+            p = _profile_model(name, batch, _input_size(args, name), profile, args.device)
+            rows.append({"model": name, "batch": batch, "flops": p.total_flops,
+                         "alpha_flops": p.total_alpha_flops, "predicted_ms": p.predicted_ms,
+                         "layers": len(p.records), "not_costed": len(p.not_costed())})
+    for batch in args.batch:
+        group = [r for r in rows if r["batch"] == batch]
+        for r, a, b in zip(group, _ranks([r["flops"] for r in group]),
+                           _ranks([r["predicted_ms"] for r in group])):
+            r["rank_flops"], r["rank_time"] = a, b
+    key = {"time": "predicted_ms", "flops": "flops", "alpha": "alpha_flops"}[args.sort]
+    rows.sort(key=lambda r: (r["batch"], r[key]))
+    if args.format == "json":
+        _emit(json.dumps(rows, indent=1), args.out)
+    elif args.format == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        _emit(buf.getvalue(), args.out)
+    else:
+        from tabulate import tabulate
+
+        body = [[r["model"], r["batch"], r["flops"] / 1e9, r["alpha_flops"] / 1e9, r["predicted_ms"],
+                 r["rank_flops"], r["rank_time"], r["not_costed"]] for r in rows]
+        text = tabulate(body, headers=["model", "batch", "GFLOPs (2xMAC)", "alpha-GFLOPs",
+                                       "predicted ms", "rank by FLOPs", "rank by time", "not costed"],
+                        floatfmt=("", "", ".3f", ".3f", ".3f", "", "", ""))
+        _emit(f"profile {profile.name} ({profile.device_name}); Conv2d and Linear layers only\n" + text,
+              args.out)
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from .fit import fit_profile
+    from .tables import read_layer_table
+
+    table = read_layer_table(args.table)
+    provenance = {}
+    env_path = args.table + ".env.json"
+    try:
+        with open(env_path) as f:
+            provenance.update(json.load(f))
+        provenance["measurement_env"] = env_path
+    except FileNotFoundError:
+        pass
+    if args.device_name:
+        provenance["device_name"] = args.device_name
+    if args.dtype:
+        provenance["dtype"] = args.dtype
+    provenance["source"] = args.table
+    profile = fit_profile(table, family=args.family, name=args.name or args.out.rsplit("/", 1)[-1][:-5],
+                          provenance=provenance)
+    profile.save(args.out, overwrite=args.force)
+    fit = profile.provenance["fit"]
+    sys.stderr.write(f"fitted {args.family} on {fit['n']} layers: MAPE {fit['mape_pct']:.1f}%, "
+                     f"Spearman {fit['spearman']:.3f}; wrote {args.out}\n")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .cost import evaluate
+    from .profile import load_profile
+    from .tables import read_layer_table, write_predictions
+
+    profile = load_profile(args.profile)
+    table = read_layer_table(args.csv)
+    t0 = time.perf_counter()
+    costs = evaluate(table.arrays, profile)
+    if args.out:
+        with open(args.out, "w", newline="", encoding="utf-8") as f:
+            write_predictions(table, costs, f)
+    else:
+        write_predictions(table, costs, sys.stdout)
+    sys.stderr.write(f"predicted {len(table)} layers in {time.perf_counter() - t0:.2f} s\n")
+    return 0
+
+
+def cmd_profiles(args) -> int:
+    from tabulate import tabulate
+
+    from .profile import builtin_names, load_profile
+
+    rows = []
+    for name in builtin_names():
+        p = load_profile(name, warn_device=False)
+        fit = p.provenance.get("fit") or {}
+        mape = fit.get("mape_pct")
+        rows.append([name, p.family, p.device_name, p.dtype, p.provenance.get("torch_version") or "",
+                     p.provenance.get("n_measurements") or "", "" if mape is None else f"{mape:.1f}",
+                     str(p.provenance.get("date", ""))[:10]])
+    _emit(tabulate(rows, headers=["profile", "family", "device", "dtype", "torch", "layers fitted",
+                                  "fit MAPE %", "date"]), None)
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import torch
+
+    from .calibrate.measure import measure_plan
+    from .calibrate.plan import make_plan
+    from .fit import fit_profile
+    from .tables import read_layer_table
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CliError("--device cuda, but no CUDA device is available")
+    raw = args.out + ".csv"
+    plan = make_plan(scale=args.scale, seed=args.seed)
+    t0 = time.monotonic()
+    measure_plan(plan, raw, device=args.device, dtype=args.dtype, resume=not args.restart,
+                 progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"))
+    sys.stderr.write(f"measured {len(plan)} layers in {time.monotonic() - t0:.0f} s; raw times in {raw}\n")
+    with open(raw + ".env.json") as f:
+        env = json.load(f)
+    env.update(source=raw, measurement_env=raw + ".env.json")
+    profile = fit_profile(read_layer_table(raw), family=args.family,
+                          name=args.name or args.out.rsplit("/", 1)[-1], provenance=env)
+    profile.save(args.out + ".json", overwrite=args.force)
+    fit = profile.provenance["fit"]
+    sys.stderr.write(f"fitted {args.family}: MAPE {fit['mape_pct']:.1f}%, Spearman {fit['spearman']:.3f}; "
+                     f"wrote {args.out}.json\n")
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+def create_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alpha-profiler",
+        description="Predict what a PyTorch model costs on a GPU: FLOPs (2 x multiply-accumulates), "
+                    "alpha-FLOPs and milliseconds.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_options(p):
+        p.add_argument("--profile", default="t2000-paper", help="built-in profile name or JSON path")
+        p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
+                       help="input height [width] (default: the model's own, e.g. 224)")
+        p.add_argument("--device", default="meta", choices=("meta", "cpu"),
+                       help="where to run the shape-only forward (default: meta)")
+        p.add_argument("--format", default="table", choices=("table", "json", "csv"))
+        p.add_argument("--out", help="write to this file instead of stdout")
+
+    p = sub.add_parser("profile", help="per-layer alpha-FLOPs table of one model")
+    p.add_argument("model", help="torchvision model name or module:callable")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--depth", type=int, help="merge layers below this module depth")
+    p.add_argument("--top-k", type=int, help="show only the k slowest rows")
+    model_options(p)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("compare", help="compare models by FLOPs, alpha-FLOPs and predicted time")
+    p.add_argument("models", nargs="+")
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--sort", default="time", choices=("time", "flops", "alpha"))
+    model_options(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("fit", help="fit a profile to a measured layer table")
+    p.add_argument("table", help="layer-table CSV with a time_ms column")
+    p.add_argument("--out", required=True, help="profile JSON to write")
+    p.add_argument("--family", default="paper", help="model family (paper, axes)")
+    p.add_argument("--name", help="profile name (default: the output file's stem)")
+    p.add_argument("--device-name", help="device the times were measured on")
+    p.add_argument("--dtype", help="dtype the times were measured in")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="add predicted costs to each row of a layer table")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--csv", required=True, help="layer-table CSV")
+    p.add_argument("--out", help="output CSV (default: stdout)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("profiles", help="list built-in profiles and their provenance")
+    p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("calibrate", help="time synthetic layers on this device and fit a profile")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--out", required=True, help="output prefix: PREFIX.csv (raw times), PREFIX.json")
+    p.add_argument("--family", default="axes")
+    p.add_argument("--name")
+    p.add_argument("--scale", type=int, default=1, help="points per sweep (0: a tiny plan)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="ignore an existing PREFIX.csv instead of resuming")
+    p.add_argument("--force", action="store_true", help="overwrite PREFIX.json if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_calibrate)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .profile import ProfileError
+    from .tables import LayerTableError
+    from .zoo import ModelError
+
+    args = create_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torchvision's init warnings
+            return args.func(args)
+    except (CliError, ProfileError, LayerTableError, ModelError, FileExistsError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        sys.stderr.write(f"alpha-profiler: error: {msg}\n")
+        return EXIT_USER_ERROR
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,114 @@
+"""Fit a device profile to measured layer times (least squares on relative error)."""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+
+from .families import Family, get_family
+from .layers import LayerArrays
+from .profile import SCHEMA_VERSION, DeviceProfile
+from .tables import LayerTable
+
+
+def _unpack(family: Family, names, vector) -> Dict[str, object]:
+    params: Dict[str, object] = {"classes": {c: {} for c in family.classes}}
+    for key, value in zip(names, vector):
+        if "." in key:
+            cls, p = key.split(".", 1)
+            params["classes"][cls][p] = float(value)
+        else:
+            params[key] = float(value)
+    return params
+
+
+def residual_stats(pred: np.ndarray, meas: np.ndarray, classes=None, class_names=()) -> Dict[str, object]:
+    """MAPE (%), median and max absolute percentage error, Spearman rho, n."""
+    from scipy.stats import spearmanr
+
+    ape = np.abs(pred - meas) / meas * 100.0
+    stats: Dict[str, object] = {
+        "n": int(meas.size),
+        "mape_pct": float(np.mean(ape)),
+        "median_ape_pct": float(np.median(ape)),
+        "max_ape_pct": float(np.max(ape)),
+        "spearman": float(spearmanr(pred, meas)[0]) if meas.size > 2 else float("nan"),
+    }
+    if classes is not None:
+        stats["mape_pct_by_class"] = {
+            name: float(np.mean(ape[classes == i])) for i, name in enumerate(class_names)
+            if np.any(classes == i)
+        }
+    return stats
+
+
+def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
+                   fixed: Optional[Mapping[str, float]] = None) -> Dict[str, object]:
+    """Least-squares parameters of ``family`` for measured ``time_ms``.
+
+    Minimizes sum((predicted / measured - 1)^2); classes with no measured
+    layer keep their initial values. ``fixed`` pins parameters by key.
+    """
+    from scipy.optimize import least_squares
+
+    fixed = dict(fixed or {})
+    bounds = family.bounds()
+    present = set(np.unique(family.classify(arrays)).tolist())
+    absent = {c for i, c in enumerate(family.classes) if i not in present}
+    names = [k for k in bounds if k not in fixed and k.split(".")[0] not in absent]
+    const = {k: fixed.get(k, b.init) for k, b in bounds.items() if k not in names}
+    x0 = np.array([bounds[k].init for k in names])
+    lo = np.array([bounds[k].lo for k in names])
+    hi = np.array([bounds[k].hi for k in names])
+    all_names = list(const) + names
+
+    def residuals(x):
+        params = _unpack(family, all_names, list(const.values()) + list(x))
+        return family.predict_ms(arrays, params) / time_ms - 1.0
+
+    result = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", max_nfev=20000)
+    return _unpack(family, all_names, list(const.values()) + list(result.x))
+
+
+def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
+                provenance: Optional[Mapping[str, object]] = None,
+                fixed: Optional[Mapping[str, float]] = None,
+                keep_data: bool = True) -> DeviceProfile:
+    """Fit ``family`` to a measured layer table and return a profile.
+
+    The profile's provenance gets the fit residuals, the number of
+    measurements and a hash of the inputs; with ``keep_data`` the raw input
+    columns are stored in the profile too, so the fit can be redone.
+    """
+    if table.time_ms is None:
+        raise ValueError(f"{table.source}: no 'time_ms' column to fit")
+    ok = np.isfinite(table.time_ms) & (table.time_ms > 0)
+    if not ok.any():
+        raise ValueError(f"{table.source}: no positive time_ms values to fit")
+    from .layers import take
+
+    arrays = take(table.arrays, ok)
+    time_ms = table.time_ms[ok]
+    fam = get_family(family)
+    params = fit_parameters(fam, arrays, time_ms, fixed)
+    pred = fam.predict_ms(arrays, params)
+    digest = hashlib.sha256("\n".join(",".join(table.columns[h][i] for h in table.header)
+                                      for i in range(len(table))).encode()).hexdigest()
+    prov = {
+        "device_name": "unknown",
+        "dtype": "float32",
+        "date": _dt.date.today().isoformat(),
+        "source": table.source,
+    }
+    prov.update(provenance or {})
+    prov["n_measurements"] = int(ok.sum())
+    prov["inputs_sha256"] = digest
+    prov["fit"] = residual_stats(pred, time_ms, fam.classify(arrays), fam.classes)
+    fit_data = None
+    if keep_data:
+        fit_data = {"header": list(table.header),
+                    "rows": [[table.columns[h][i] for h in table.header] for i in range(len(table))]}
+    return DeviceProfile(name=name, family=family, parameters=params, provenance=prov,
+                         fit_data=fit_data, schema_version=SCHEMA_VERSION)

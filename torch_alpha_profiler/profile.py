@@ -1,0 +1,209 @@
+"""Device profiles: a versioned, validated JSON document per device and dtype.
+
+A profile holds a model family's parameters (per layer class and global),
+the time scale, the per-call overhead, and where the numbers came from
+(device, library versions, math mode, date, fit residuals). See
+docs/profile-format.md.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, List, Mapping, Optional
+
+SCHEMA_VERSION = 1
+REQUIRED_PROVENANCE = ("device_name", "dtype", "date", "source")
+
+
+class ProfileError(ValueError):
+    """A profile document is missing, malformed or inconsistent (names the field)."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Parameters of one model family fitted on one device, with provenance."""
+
+    name: str
+    family: str
+    parameters: Mapping[str, Any]  # time_scale_ms_per_mmac, overhead_ms, [globals], classes
+    provenance: Mapping[str, Any]
+    fit_data: Optional[Mapping[str, Any]] = field(default=None, compare=False)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def time_scale_ms_per_mmac(self) -> float:
+        return float(self.parameters["time_scale_ms_per_mmac"])
+
+    @property
+    def overhead_ms(self) -> float:
+        return float(self.parameters["overhead_ms"])
+
+    @property
+    def device_name(self) -> str:
+        return str(self.provenance["device_name"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.provenance["dtype"])
+
+    def to_dict(self) -> Dict[str, Any]:
+        doc = {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "family": self.family,
+            "parameters": _plain(self.parameters),
+            "provenance": _plain(self.provenance),
+        }
+        if self.fit_data is not None:
+            doc["fit_data"] = _plain(self.fit_data)
+        return doc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
+
+    def save(self, path: str, overwrite: bool = False) -> None:
+        """Write the profile as JSON; refuses to replace an existing file unless ``overwrite``."""
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json())
+
+
+def _plain(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def _number(doc: Mapping, key: str, where: str) -> float:
+    if key not in doc:
+        raise ProfileError(f"{where}: missing field '{key}'")
+    value = doc[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProfileError(f"{where}: field '{key}' must be a finite number, got {value!r}")
+    return float(value)
+
+
+def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
+    """Validate a parsed JSON document and build the profile; errors name the field."""
+    from .families import FAMILIES
+
+    if not isinstance(doc, Mapping):
+        raise ProfileError(f"{where}: expected a JSON object, got {type(doc).__name__}")
+    version = doc.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ProfileError(
+            f"{where}: field 'schema_version' is {version!r}; this version reads {SCHEMA_VERSION}")
+    for key in ("name", "family"):
+        if not isinstance(doc.get(key), str) or not doc.get(key):
+            raise ProfileError(f"{where}: field '{key}' must be a non-empty string")
+    family = FAMILIES.get(doc["family"])
+    if family is None:
+        raise ProfileError(
+            f"{where}: field 'family' is {doc['family']!r}; known: {', '.join(sorted(FAMILIES))}")
+    params = doc.get("parameters")
+    if not isinstance(params, Mapping):
+        raise ProfileError(f"{where}: missing object field 'parameters'")
+    for key in family.global_params:
+        _number(params, key, f"{where}: parameters")
+    classes = params.get("classes")
+    if not isinstance(classes, Mapping):
+        raise ProfileError(f"{where}: missing object field 'parameters.classes'")
+    for cls in family.classes:
+        if not isinstance(classes.get(cls), Mapping):
+            raise ProfileError(f"{where}: missing object field 'parameters.classes.{cls}'")
+        for p in family.class_params:
+            _number(classes[cls], p, f"{where}: parameters.classes.{cls}")
+    prov = doc.get("provenance")
+    if not isinstance(prov, Mapping):
+        raise ProfileError(f"{where}: missing object field 'provenance'")
+    for key in REQUIRED_PROVENANCE:
+        if key not in prov:
+            raise ProfileError(f"{where}: missing field 'provenance.{key}'")
+    return DeviceProfile(
+        name=doc["name"], family=doc["family"], parameters=params,
+        provenance=prov, fit_data=doc.get("fit_data"), schema_version=version,
+    )
+
+
+def builtin_names() -> List[str]:
+    """Names of the profiles shipped inside the package."""
+    files = resources.files("torch_alpha_profiler").joinpath("data")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".json"))
+
+
+def _read_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def load_profile(name_or_path, warn_device: bool = True) -> DeviceProfile:
+    """A built-in profile by name, a JSON file by path, or a DeviceProfile as is.
+
+    ``"auto"`` picks the built-in profile matching the current CUDA device and
+    float32. Warns when the profile was made on another GPU than the current one.
+    """
+    if isinstance(name_or_path, DeviceProfile):
+        profile = name_or_path
+    elif name_or_path == "auto":
+        return auto_profile()
+    elif isinstance(name_or_path, (str, os.PathLike)):
+        name = os.fspath(name_or_path)
+        if name in builtin_names():
+            text = resources.files("torch_alpha_profiler").joinpath("data", name + ".json").read_text()
+            profile = profile_from_dict(_read_json(text, f"built-in profile {name!r}"),
+                                        f"built-in profile {name!r}")
+        elif os.path.exists(name):
+            with open(name, encoding="utf-8") as f:
+                profile = profile_from_dict(_read_json(f.read(), name), name)
+        else:
+            raise ProfileError(
+                f"no profile {name!r}: not a file, and not a built-in profile "
+                f"({', '.join(builtin_names())})")
+    else:
+        raise TypeError(f"profile must be a name, a path or a DeviceProfile, not {type(name_or_path).__name__}")
+    if warn_device:
+        _warn_if_other_device(profile)
+    return profile
+
+
+def current_device_name() -> Optional[str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return None
+
+
+def _warn_if_other_device(profile: DeviceProfile) -> None:
+    current = current_device_name()
+    if current is not None and current != profile.device_name:
+        warnings.warn(
+            f"profile {profile.name!r} was made on {profile.device_name!r}, "
+            f"but the current GPU is {current!r}: predictions describe the profile's device",
+            stacklevel=3,
+        )
+
+
+def auto_profile(dtype: str = "float32") -> DeviceProfile:
+    """The built-in profile for the current GPU and ``dtype``, else a clear error."""
+    current = current_device_name()
+    available = []
+    for name in builtin_names():
+        p = load_profile(name, warn_device=False)
+        available.append(f"{name} ({p.device_name}, {p.dtype})")
+        if current is not None and p.device_name == current and p.dtype == dtype:
+            return p
+    raise ProfileError(
+        f"no built-in profile for device {current or 'none (no CUDA device)'} and dtype {dtype}; "
+        f"available: {'; '.join(available)}. Run 'alpha-profiler calibrate' to make one.")

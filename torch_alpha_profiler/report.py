@@ -1,0 +1,142 @@
+"""Tables and exports of costed records, built in small pure stages.
+
+Units: FLOPs are 2 x multiply-accumulates, shown in MFLOPs; alpha is
+dimensionless; time is in milliseconds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict
+from typing import Dict, List, Optional, Sequence
+
+from .records import LayerRecord, NotCosted
+
+TABLE_HEADERS = ("module", "kind", "input shape", "MFLOPs (2xMAC)", "alpha",
+                 "alpha-MFLOPs", "predicted ms", "% time")
+
+
+def _rows_per_layer(records: Sequence[LayerRecord]) -> List[dict]:
+    return [
+        {"name": r.name, "kind": r.kind, "shape": "x".join(map(str, r.input_shape)),
+         "flops": r.flops, "alpha_flops": r.alpha_flops, "ms": r.predicted_ms}
+        for r in records
+    ]
+
+
+def _group_by_depth(rows: List[dict], depth: Optional[int]) -> List[dict]:
+    """Merge rows whose names share the first ``depth`` components."""
+    if depth is None:
+        return rows
+    merged: Dict[str, dict] = {}
+    for row in rows:
+        key = ".".join(row["name"].split(".")[:depth])
+        if key in merged:
+            acc = merged[key]
+            acc["flops"] += row["flops"]
+            acc["alpha_flops"] += row["alpha_flops"]
+            acc["ms"] += row["ms"]
+            if acc["kind"] != row["kind"]:
+                acc["kind"] = "mixed"
+            acc["shape"] = ""
+        else:
+            merged[key] = dict(row, name=key or "<model>")
+    return list(merged.values())
+
+
+def _top_k(rows: List[dict], k: Optional[int]) -> List[dict]:
+    if k is None or k >= len(rows):
+        return rows
+    ranked = sorted(rows, key=lambda r: r["ms"], reverse=True)
+    kept, rest = ranked[:k], ranked[k:]
+    other = {"name": f"({len(rest)} others)", "kind": "", "shape": "",
+             "flops": sum(r["flops"] for r in rest),
+             "alpha_flops": sum(r["alpha_flops"] for r in rest),
+             "ms": sum(r["ms"] for r in rest)}
+    return kept + [other]
+
+
+def _format(rows: List[dict], total_ms: float) -> List[list]:
+    out = []
+    for r in rows:
+        alpha = r["alpha_flops"] / r["flops"] if r["flops"] else float("nan")
+        share = 100.0 * r["ms"] / total_ms if total_ms else 0.0
+        out.append([r["name"], r["kind"], r["shape"], r["flops"] / 1e6, alpha,
+                    r["alpha_flops"] / 1e6, r["ms"], share])
+    return out
+
+
+def layer_table(records: Sequence[LayerRecord], depth: Optional[int] = None,
+                top_k: Optional[int] = None, not_costed: Sequence[NotCosted] = ()) -> str:
+    """A plain-text table: one row per call (or per module at ``depth``), then the total."""
+    from tabulate import tabulate
+
+    total_ms = sum(r.predicted_ms for r in records)
+    rows = _top_k(_group_by_depth(_rows_per_layer(records), depth), top_k)
+    body = _format(rows, total_ms)
+    total_flops = sum(r.flops for r in records)
+    total_alpha = sum(r.alpha_flops for r in records)
+    body += _format([{"name": "total", "kind": "", "shape": "", "flops": total_flops,
+                      "alpha_flops": total_alpha, "ms": total_ms}], total_ms)
+    text = tabulate(body, headers=TABLE_HEADERS, floatfmt=("", "", "", ".2f", ".4f", ".2f", ".4f", ".1f"),
+                    colalign=("left", "left", "left", "right", "right", "right", "right", "right"))
+    if not_costed:
+        counts: Dict[str, int] = {}
+        for n in not_costed:
+            counts[n.module_type] = counts.get(n.module_type, 0) + 1
+        text += "\nnot costed: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
+    return text
+
+
+def summary(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = ()) -> Dict[str, object]:
+    """Totals as a JSON-ready dict."""
+    return {
+        "profile": profile.name,
+        "device": profile.device_name,
+        "layers": len(records),
+        "macs": int(sum(r.macs for r in records)),
+        "flops": int(sum(r.flops for r in records)),
+        "alpha_flops": float(sum(r.alpha_flops for r in records)),
+        "predicted_ms": float(sum(r.predicted_ms for r in records)),
+        "not_costed": [asdict(n) for n in not_costed],
+    }
+
+
+def to_json(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = ()) -> str:
+    doc = summary(records, profile, not_costed)
+    doc["records"] = [asdict(r) for r in records]
+    return json.dumps(doc, indent=1)
+
+
+# layer-table columns first (so the CSV can be fed back to `predict`), then the rest
+CSV_COLUMNS = ("name", "kind", "module_type", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride",
+               "groups", "padding", "dilation", "Hout", "Wout", "dtype", "device",
+               "macs", "flops", "alpha", "alpha_flops", "predicted_ms")
+
+
+def _csv_row(r: LayerRecord) -> list:
+    def hw(p):
+        return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
+
+    return [r.name, r.kind, r.module_type, r.batch, r.in_channels, r.out_channels, r.in_hw[0],
+            r.in_hw[1], r.kernel[0], r.kernel[1], hw(r.stride), r.groups, hw(r.padding),
+            hw(r.dilation), r.out_hw[0], r.out_hw[1], r.dtype, r.device,
+            r.macs, r.flops, repr(r.alpha), repr(r.alpha_flops), repr(r.predicted_ms)]
+
+
+def to_csv(records: Sequence[LayerRecord]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in records:
+        w.writerow(_csv_row(r))
+    return buf.getvalue()
+
+
+def to_dataframe(records: Sequence[LayerRecord]):
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("to_dataframe() needs pandas: pip install pandas") from None
+    return pd.DataFrame([asdict(r) for r in records])

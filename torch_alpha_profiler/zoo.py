@@ -1,0 +1,57 @@
+"""Building models by name: torchvision classification models or ``module:callable``."""
+from __future__ import annotations
+
+import importlib
+from typing import List, Tuple
+
+from torch import nn
+
+# input side length each torchvision classification model expects
+_INPUT_SIZE = {"inception_v3": 299}
+
+
+class ModelError(ValueError):
+    """A model name that cannot be resolved or built."""
+
+
+def classification_models() -> List[str]:
+    """Names of torchvision's classification models."""
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def default_input_size(name: str) -> Tuple[int, int]:
+    side = _INPUT_SIZE.get(name, 224)
+    return (side, side)
+
+
+def build_model(name: str, device: str = "meta") -> nn.Module:
+    """A torchvision model (random weights, never downloaded) or ``pkg.module:callable``.
+
+    On the meta device no memory is allocated and no weights are initialized.
+    """
+    import torch
+
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise ModelError(f"cannot load model {name!r}: {e}") from None
+        with torch.device(device):
+            model = factory()
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model.eval()
+    import torchvision
+
+    known = torchvision.models.list_models()
+    if name not in known:
+        close = [m for m in known if name.lower()[:4] in m][:5]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}: not a torchvision model name nor module:callable{hint}")
+    kwargs = {"init_weights": False} if name in ("inception_v3", "googlenet") else {}
+    with torch.device(device):
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    return model.eval()
