@@ -48,10 +48,17 @@ def build_model(name: str, device: str = "meta") -> nn.Module:
 
     known = torchvision.models.list_models()
     if name not in known:
-        close = [m for m in known if name.lower()[:4] in m][:5]
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"unknown model {name!r}: not a torchvision model name nor module:callable{hint}")
     kwargs = {"init_weights": False} if name in ("inception_v3", "googlenet") else {}
-    with torch.device(device):
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    try:
+        with torch.device(device):
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+    except NotImplementedError:
+        # a few builders compute with tensors in __init__ (RegNet's widths), which
+        # meta tensors cannot do: build on the CPU, then move
+        model = torchvision.models.get_model(name, weights=None, **kwargs).to(device)
     return model.eval()
