@@ -124,9 +124,11 @@ def measure_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cu
                 out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block))
             except oom_errors:
                 out["status"] = "oom"
+            except RuntimeError as e:  # e.g. no cuDNN algorithm for this shape: keep going
+                out["status"] = "error: " + str(e).splitlines()[0][:100].replace(",", ";")
             finally:
                 layer = x = None
-                if device.startswith("cuda") and out["status"] == "oom":
+                if device.startswith("cuda") and out["status"] != "ok":
                     torch.cuda.empty_cache()
             writer.writerow(out)
             f.flush()
