@@ -22,11 +22,12 @@ Params = Mapping[str, object]  # {"time_scale_ms_per_mmac": .., "overhead_ms": .
 
 @dataclass(frozen=True)
 class Bound:
-    """Initial value and box of one fitted parameter."""
+    """Initial value and box of one fitted parameter (``log``: fitted as its logarithm)."""
 
     init: float
     lo: float
     hi: float
+    log: bool = False
 
 
 class Family:
@@ -37,6 +38,12 @@ class Family:
     class_params: Tuple[str, ...] = ()
     global_params: Tuple[str, ...] = ("time_scale_ms_per_mmac", "overhead_ms")
     description: str = ""
+    # "relative": residual = predicted / measured - 1; "log": ln(predicted / measured)
+    residual: str = "relative"
+
+    def finalize(self, params: Dict[str, object]) -> Dict[str, object]:
+        """Derived parameters computed after a fit (default: none)."""
+        return params
 
     def classify(self, arrays: LayerArrays) -> np.ndarray:
         raise NotImplementedError
@@ -95,6 +102,91 @@ class PaperFamily(Family):
         return b
 
 
+# axes of the per-axis correction, as (parameter suffix, description)
+AXES = (("S", "output positions N x H_out x W_out (rows for Linear)"),
+        ("cin", "input channels per group (in-features for Linear)"),
+        ("cout", "output channels per group (out-features for Linear)"))
+
+
+class AxesFamily(Family):
+    """Per-axis corrections of FLOPs with a wave and a memory bound (calibrated family).
+
+    For a layer of class c (linear, conv1x1, convkxk, grouped):
+
+        compute = tau_c x MMACs x prod_a (1 + h_a / x_a) ** g_a x K ** k_exp / U ** wave_exp
+        memory  = bytes / bw
+        ms      = t0_c + (compute ** p + memory ** p) ** (1 / p)
+
+    Each axis a in (S, Cin/groups, Cout/groups) has a half-saturation size h_a
+    and an exponent g_a: the paper's alpha_K(S) is this factor on the S axis
+    alone (h_S = S_K (1 - beta) / beta, g_S = gamma). U = tiles / (waves x SMs)
+    is the occupancy of the last wave of 128 x 128 output tiles over the
+    multiprocessors (wave quantization); bytes = input + output + weights.
+    """
+
+    name = "axes"
+    classes = ("linear", "conv1x1", "convkxk", "grouped")
+    class_params = ("tau_ms_per_mmac", "t0_ms", "h_S", "g_S", "h_cin", "g_cin", "h_cout", "g_cout",
+                    "k_exp", "wave_exp", "bw_gb_per_s")
+    global_params = ("time_scale_ms_per_mmac", "overhead_ms", "sm_count", "tile", "smooth_p")
+    description = "per-axis saturation of S, Cin/g, Cout/g; K power; wave quantization; memory bound"
+    residual = "log"
+    FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
+             "time_scale_ms_per_mmac": 1.0}
+
+    def classify(self, arrays):
+        kxk = np.where(arrays.K > 1, 2, 1)
+        return np.where(arrays.is_linear, 0, np.where(arrays.groups > 1, 3, kxk)).astype(np.int64)
+
+    def _parts(self, arrays, params):
+        v = {name: self.class_values(arrays, params, name) for name in self.class_params}
+        x = {"S": arrays.S.astype(np.float64),
+             "cin": (arrays.Cin // arrays.groups).astype(np.float64),
+             "cout": (arrays.Cout // arrays.groups).astype(np.float64)}
+        compute = v["tau_ms_per_mmac"] * arrays.macs / 1e6
+        for axis, _ in AXES:
+            compute = compute * (1.0 + v["h_" + axis] / x[axis]) ** v["g_" + axis]
+        compute = compute * arrays.K.astype(np.float64) ** v["k_exp"]
+        sms, tile = float(params["sm_count"]), float(params["tile"])
+        tiles = np.ceil(x["S"] / tile) * np.ceil(x["cout"] / tile) * arrays.groups
+        occupancy = tiles / (np.ceil(tiles / sms) * sms)
+        compute = compute / occupancy ** v["wave_exp"]
+        nbytes = arrays.itemsize * (arrays.N * arrays.Cin * arrays.Hin * arrays.Win + arrays.S * arrays.Cout
+                                    + arrays.Cout * (arrays.Cin // arrays.groups) * arrays.K)
+        memory = nbytes / (v["bw_gb_per_s"] * 1e6)  # GB/s -> bytes per ms
+        p = float(params["smooth_p"])
+        return v["t0_ms"], (compute ** p + memory ** p) ** (1.0 / p)
+
+    def predict_ms(self, arrays, params):
+        t0, body = self._parts(arrays, params)
+        return t0 + body
+
+    def alpha(self, arrays, params):
+        _, body = self._parts(arrays, params)
+        mmacs = np.maximum(arrays.macs, 1) / 1e6
+        return body / (float(params["time_scale_ms_per_mmac"]) * mmacs)
+
+    def bounds(self):
+        b = {}
+        for c in self.classes:
+            b[f"{c}.tau_ms_per_mmac"] = Bound(1e-5, 1e-9, 1.0, log=True)
+            b[f"{c}.t0_ms"] = Bound(3e-3, 1e-5, 1.0, log=True)
+            for axis, _ in AXES:
+                b[f"{c}.h_{axis}"] = Bound(8.0, 1e-3, 1e6, log=True)
+                b[f"{c}.g_{axis}"] = Bound(0.5, 0.0, 2.0)
+            b[f"{c}.k_exp"] = Bound(0.0, -1.0, 1.0)
+            b[f"{c}.wave_exp"] = Bound(0.5, 0.0, 2.0)
+            b[f"{c}.bw_gb_per_s"] = Bound(2000.0, 10.0, 1e5, log=True)
+        return b
+
+    def finalize(self, params):
+        # time scale: a Linear layer at batch 1 with saturated channels, so that,
+        # as in the paper, alpha is about 1 for a dense layer at batch 1
+        lin = params["classes"]["linear"]
+        params["time_scale_ms_per_mmac"] = float(lin["tau_ms_per_mmac"]) * (1.0 + float(lin["h_S"])) ** float(lin["g_S"])
+        return params
+
+
 FAMILIES: Dict[str, Family] = {}
 
 
@@ -106,6 +198,7 @@ def register_family(family: Family) -> Family:
 
 
 register_family(PaperFamily())
+register_family(AxesFamily())
 
 
 def get_family(name: str) -> Family:

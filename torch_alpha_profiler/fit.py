@@ -7,7 +7,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from .families import Family, get_family
+from .families import Bound, Family, get_family
 from .layers import LayerArrays
 from .profile import SCHEMA_VERSION, DeviceProfile
 from .tables import LayerTable
@@ -53,23 +53,39 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     """
     from scipy.optimize import least_squares
 
-    fixed = dict(fixed or {})
+    fixed = dict(getattr(family, "FIXED", {}), **(fixed or {}))
     bounds = family.bounds()
+    for key, value in fixed.items():
+        if key not in bounds:
+            bounds[key] = Bound(value, value, value)
     present = set(np.unique(family.classify(arrays)).tolist())
     absent = {c for i, c in enumerate(family.classes) if i not in present}
     names = [k for k in bounds if k not in fixed and k.split(".")[0] not in absent]
     const = {k: fixed.get(k, b.init) for k, b in bounds.items() if k not in names}
-    x0 = np.array([bounds[k].init for k in names])
-    lo = np.array([bounds[k].lo for k in names])
-    hi = np.array([bounds[k].hi for k in names])
+    is_log = np.array([bounds[k].log for k in names], dtype=bool)
+
+    def to_x(values):
+        values = np.asarray(values, dtype=np.float64)
+        return np.where(is_log, np.log(np.where(is_log, values, 1.0)), values)
+
+    x0 = to_x([bounds[k].init for k in names])
+    lo = to_x([bounds[k].lo for k in names])
+    hi = to_x([bounds[k].hi for k in names])
     all_names = list(const) + names
 
-    def residuals(x):
-        params = _unpack(family, all_names, list(const.values()) + list(x))
-        return family.predict_ms(arrays, params) / time_ms - 1.0
+    def params_of(x):
+        values = np.where(is_log, np.exp(x), x)
+        return _unpack(family, all_names, list(const.values()) + list(values))
 
-    result = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", max_nfev=20000)
-    return _unpack(family, all_names, list(const.values()) + list(result.x))
+    def residuals(x):
+        pred = family.predict_ms(arrays, params_of(x))
+        if family.residual == "log":
+            return np.log(pred / time_ms)
+        return pred / time_ms - 1.0
+
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", max_nfev=20000)
+    return family.finalize(params_of(result.x))
 
 
 def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
