@@ -165,6 +165,198 @@ def cmd_measure(args):
     print(f"total {time.monotonic() - t0:.0f} s", flush=True)
 
 
+# --------------------------------------------------------------------- report
+FAMILY_LABELS = {"flops": "FLOPs x constant + overhead", "paper": "paper alpha (2 classes, refitted)",
+                 "axes": "axes (calibrated family)"}
+KEY_COLUMNS = ("kind", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride", "groups", "padding",
+               "dilation", "bias")
+
+
+def _stats(pred, meas):
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    ape = np.abs(pred - meas) / meas * 100
+    return {"n": int(len(meas)), "mape": float(ape.mean()), "median": float(np.median(ape)),
+            "p90": float(np.percentile(ape, 90)), "spearman": float(spearmanr(pred, meas)[0])}
+
+
+def _fit(table, family, arrays=None):
+    from torch_alpha_profiler.fit import fit_profile
+
+    return fit_profile(table, family=family, keep_data=False)
+
+
+def cross_validate(table, family, folds=5, seed=0):
+    """Predictions for each calibration point from a fit that did not see it."""
+    import numpy as np
+
+    from torch_alpha_profiler.families import get_family
+    from torch_alpha_profiler.fit import fit_parameters
+    from torch_alpha_profiler.layers import take
+
+    fam = get_family(family)
+    fold = np.random.default_rng(seed).integers(0, folds, len(table))
+    pred = np.zeros(len(table))
+    for k in range(folds):
+        params = fit_parameters(fam, take(table.arrays, fold != k), table.time_ms[fold != k])
+        pred[fold == k] = fam.predict_ms(take(table.arrays, fold == k), params)
+    return pred
+
+
+def model_sums(data, dtype, predict):
+    """Per (model, batch): measured and predicted sums over Conv2d/Linear calls, and graph time."""
+    import collections
+
+    from torch_alpha_profiler.tables import read_layer_table
+
+    times = read_layer_table(os.path.join(data, f"model-layer-times-{dtype}.csv"))
+    keys = [",".join(times.columns[c][i] for c in KEY_COLUMNS) for i in range(len(times))]
+    index = {k: i for i, k in enumerate(keys)}
+    preds = {name: fn(times) for name, fn in predict.items()}
+    sums = collections.defaultdict(lambda: collections.defaultdict(float))
+    with open(os.path.join(data, "model-layers.csv")) as f:
+        for r in csv.DictReader(f):
+            i = index[r["key"]]
+            acc = sums[(r["model"], int(r["batch"]))]
+            acc["measured"] += times.time_ms[i]
+            for name, p in preds.items():
+                acc[name] += p[i]
+    with open(os.path.join(data, f"models-{dtype}.csv")) as f:
+        for r in csv.DictReader(f):
+            if r["status"] == "ok":
+                sums[(r["model"], int(r["batch"]))]["graph"] = float(r["graph_ms"])
+                sums[(r["model"], int(r["batch"]))]["eager"] = float(r["eager_ms"])
+    return sums, times, preds
+
+
+def cmd_report(args):
+    import numpy as np
+
+    from torch_alpha_profiler.families import get_family
+    from torch_alpha_profiler.profile import load_profile
+    from torch_alpha_profiler.tables import read_layer_table
+
+    lines = ["# Accuracy on an H100", "",
+             "Made by `python benchmarks/validate_gpu.py report` from the raw measurements in "
+             "`benchmarks/data/` (taken by `bash benchmarks/gpu_campaign.sh DTYPE` on an "
+             "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, cuDNN 9.19, default math mode: TF32 "
+             "convolutions, full-fp32 matmuls). Times are CUDA-graph replays (see "
+             "`torch_alpha_profiler/calibrate/timers.py`). MAPE = mean absolute percentage error.", ""]
+    plots = []
+    for dtype, profile_name in zip(args.dtypes, args.profiles):
+        calib = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
+        held = read_layer_table(os.path.join(args.data, f"heldout-{dtype}.csv"))
+        shipped = load_profile(profile_name, warn_device=False)
+        fits = {"flops": _fit(calib, "flops"), "paper": _fit(calib, "paper"), "axes": shipped}
+        lines += [f"## {dtype} (profile `{profile_name}`)", "",
+                  "### Choosing the form: 5-fold cross-validation on the calibration plan", "",
+                  f"{len(calib)} calibration layers; each is predicted by a fit that did not see it.", "",
+                  "| family | MAPE % | median APE % | p90 APE % | Spearman |", "|---|---:|---:|---:|---:|"]
+        for fam in ("flops", "paper", "axes"):
+            st = _stats(cross_validate(calib, fam), calib.time_ms)
+            lines.append(f"| {FAMILY_LABELS[fam]} | {st['mape']:.1f} | {st['median']:.1f} | {st['p90']:.1f} | "
+                         f"{st['spearman']:.3f} |")
+        lines += ["", f"### Held-out layers ({len(held)} random configurations not in the plan)", "",
+                  "| family | MAPE % | median APE % | p90 APE % | Spearman |", "|---|---:|---:|---:|---:|"]
+        held_pred = {}
+        for fam, prof in fits.items():
+            held_pred[fam] = get_family(prof.family).predict_ms(held.arrays, prof.parameters)
+            st = _stats(held_pred[fam], held.time_ms)
+            lines.append(f"| {FAMILY_LABELS[fam]} | {st['mape']:.1f} | {st['median']:.1f} | {st['p90']:.1f} | "
+                         f"{st['spearman']:.3f} |")
+        cls = get_family("axes").classify(held.arrays)
+        lines += ["", "Held-out MAPE of the axes family by layer class: " + ", ".join(
+            f"{name} {np.mean(np.abs(held_pred['axes'][cls == i] - held.time_ms[cls == i]) / held.time_ms[cls == i]) * 100:.1f}% (n={int((cls == i).sum())})"
+            for i, name in enumerate(get_family("axes").classes) if (cls == i).any()), ""]
+        predict = {fam: (lambda t, p=prof: get_family(p.family).predict_ms(t.arrays, p.parameters))
+                   for fam, prof in fits.items()}
+        sums, times, preds = model_sums(args.data, dtype, predict)
+        st = _stats(preds["axes"], times.time_ms)
+        lines += [f"### Layers of torchvision models ({len(times)} distinct configurations, each timed alone)", "",
+                  f"axes family: MAPE {st['mape']:.1f}%, median {st['median']:.1f}%, Spearman {st['spearman']:.3f}; "
+                  f"paper refit: MAPE {_stats(preds['paper'], times.time_ms)['mape']:.1f}%; "
+                  f"FLOPs: MAPE {_stats(preds['flops'], times.time_ms)['mape']:.1f}%.", "",
+                  "### Per model: predicted Conv2d+Linear time vs the sum of those layers' measured times", "",
+                  "| batch | models | family | MAPE of sum % | Spearman vs layer sum | Spearman vs whole-model graph time |",
+                  "|---:|---:|---|---:|---:|---:|"]
+        for batch in sorted({b for _, b in sums}):
+            keys = [k for k in sums if k[1] == batch and "graph" in sums[k]]
+            meas = np.array([sums[k]["measured"] for k in keys])
+            graph = np.array([sums[k]["graph"] for k in keys])
+            for fam in ("flops", "paper", "axes"):
+                pred = np.array([sums[k][fam] for k in keys])
+                a, b = _stats(pred, meas), _stats(pred, graph)
+                lines.append(f"| {batch} | {len(keys)} | {FAMILY_LABELS[fam]} | {a['mape']:.1f} | {a['spearman']:.3f} | "
+                             f"{b['spearman']:.3f} |")
+            ceiling = _stats(meas, graph)["spearman"]
+            lines.append(f"| {batch} | {len(keys)} | measured layer sum itself (ceiling) | 0.0 | 1.000 | {ceiling:.3f} |")
+        lines += ["", "Conv2d+Linear layers are only part of a model's GPU time: the measured layer sum is "
+                  "a median {:.0f}% of the whole-model graph time at batch 1 and {:.0f}% at batch 32, so the "
+                  "ranking by whole-model time is capped by the 'ceiling' row.".format(
+                      100 * np.median([v["measured"] / v["graph"] for k, v in sums.items() if k[1] == 1 and "graph" in v]),
+                      100 * np.median([v["measured"] / v["graph"] for k, v in sums.items() if k[1] == 32 and "graph" in v])), ""]
+        plots.append(_plot(args.plots, dtype, held, held_pred, sums))
+        lines += [f"![predicted vs measured, {dtype}]({os.path.relpath(plots[-1], os.path.dirname(args.out))})", ""]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n" + WHERE_IT_MISSES)
+    print("\n".join(lines))
+
+
+WHERE_IT_MISSES = """
+## Where the model still misses, and why we think so
+
+- **Per-layer error is far above the 15% target** for every family, and the gap is not only the
+  form: a gradient-boosted tree on the same log features (a flexible, non-shipped model, tried during
+  development) reaches only about 34% held-out MAPE too. Small layers (tens of microseconds) switch
+  between cuDNN/cuBLAS kernels from one shape to the next (e.g. fp32 Linear 1024x1024 takes 8 us at
+  10 rows and 29 us at 91 rows), and those choices are not a smooth function of the axes.
+- **fp32 Linear** (full-fp32 SGEMM, no tensor cores) at few rows is latency-bound with steps in time
+  that the saturation form smooths over; it is the worst class.
+- **Measurement**: each layer is timed alone with its inputs hot in L2, replayed in a CUDA graph;
+  blocks of few calls (slow layers) start from a GPU that may still be raising its clocks. A future
+  calibration should warm the GPU longer and time fewer, longer blocks for large layers.
+- **Whole-model ranking** needs the other operations (BatchNorm, activations, attention; see the
+  whole-model issue): the measured Conv2d+Linear sum itself only ranks whole-model time at the
+  'ceiling' Spearman above, lower still in bf16, where the memory-bound operations weigh more.
+"""
+
+
+def _plot(folder, dtype, held, held_pred, sums):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    os.makedirs(folder, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    for fam, marker in (("flops", "x"), ("paper", "+"), ("axes", "o")):
+        axes[0].scatter(held.time_ms, held_pred[fam], s=10, marker=marker, label=FAMILY_LABELS[fam], alpha=0.6)
+    for i, batch in enumerate((1, 32)):
+        keys = [k for k in sums if k[1] == batch]
+        meas = np.array([sums[k]["measured"] for k in keys])
+        for fam, marker in (("flops", "x"), ("paper", "+"), ("axes", "o")):
+            axes[i + 1].scatter(meas, [sums[k][fam] for k in keys], s=14, marker=marker, label=FAMILY_LABELS[fam])
+        axes[i + 1].set_title(f"{dtype}: models at batch {batch} (Conv2d+Linear sum)")
+    axes[0].set_title(f"{dtype}: held-out layers")
+    for ax in axes:
+        lo, hi = ax.get_xlim()
+        ax.plot([1e-3, 1e3], [1e-3, 1e3], "k--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured ms (H100)")
+        ax.set_ylabel("predicted ms")
+        ax.legend(fontsize=7)
+    axes[0].set_xlim(1e-3, 10)
+    axes[0].set_ylim(1e-3, 10)
+    fig.tight_layout()
+    path = os.path.join(folder, f"accuracy-{dtype}.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +368,13 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--model-budget-s", type=float, default=240)
     p.set_defaults(func=cmd_measure)
+    p = sub.add_parser("report", help="CPU: compare predictions with the measurements, write docs/accuracy.md")
+    p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "data"))
+    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    p.add_argument("--profiles", nargs="+", default=["h100-fp32", "h100-bf16"])
+    p.add_argument("--out", default="docs/accuracy.md")
+    p.add_argument("--plots", default="docs/img")
+    p.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -102,6 +102,25 @@ class PaperFamily(Family):
         return b
 
 
+class FlopsFamily(Family):
+    """Plain FLOPs (alpha = 1) with one time scale and a per-call overhead: the baseline."""
+
+    name = "flops"
+    classes = ("all",)
+    class_params = ()
+    description = "FLOPs times a constant, plus a per-call overhead (no correction)"
+
+    def classify(self, arrays):
+        return np.zeros(len(arrays), dtype=np.int64)
+
+    def alpha(self, arrays, params):
+        return np.ones(len(arrays))
+
+    def bounds(self):
+        return {"time_scale_ms_per_mmac": Bound(1e-4, 1e-12, 1e3, log=True),
+                "overhead_ms": Bound(1e-3, 1e-6, 10.0, log=True)}
+
+
 # axes of the per-axis correction, as (parameter suffix, description)
 AXES = (("S", "output positions N x H_out x W_out (rows for Linear)"),
         ("cin", "input channels per group (in-features for Linear)"),
@@ -199,6 +218,7 @@ def register_family(family: Family) -> Family:
 
 register_family(PaperFamily())
 register_family(AxesFamily())
+register_family(FlopsFamily())
 
 
 def get_family(name: str) -> Family:
