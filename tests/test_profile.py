@@ -197,10 +197,17 @@ def test_auto_without_gpu_lists_available_profiles(no_gpu):
 
 
 def test_auto_without_gpu_fails_in_the_profiler_too(no_gpu):
+    import torch
+
     from torch_alpha_profiler import AlphaProfiler
 
+    lin = nn.Linear(2, 2)
     with pytest.raises(ProfileError, match="available"):
-        AlphaProfiler(nn.Linear(2, 2), profile="auto")
+        # the profile may be resolved on construction or when costs are first read
+        p = AlphaProfiler(lin, profile="auto")
+        with p:
+            lin(torch.randn(1, 2))
+        p.records
 
 
 def test_auto_picks_the_builtin_for_the_current_gpu(monkeypatch):
