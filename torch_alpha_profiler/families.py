@@ -41,8 +41,8 @@ class Family:
     # "relative": residual = predicted / measured - 1; "log": ln(predicted / measured)
     residual: str = "relative"
 
-    def finalize(self, params: Dict[str, object]) -> Dict[str, object]:
-        """Derived parameters computed after a fit (default: none)."""
+    def finalize(self, params: Dict[str, object], arrays: LayerArrays) -> Dict[str, object]:
+        """Derived parameters computed after a fit on ``arrays`` (default: none)."""
         return params
 
     def classify(self, arrays: LayerArrays) -> np.ndarray:
@@ -198,11 +198,20 @@ class AxesFamily(Family):
             b[f"{c}.bw_gb_per_s"] = Bound(2000.0, 10.0, 1e5, log=True)
         return b
 
-    def finalize(self, params):
-        # time scale: a Linear layer at batch 1 with saturated channels, so that,
-        # as in the paper, alpha is about 1 for a dense layer at batch 1
-        lin = params["classes"]["linear"]
-        params["time_scale_ms_per_mmac"] = float(lin["tau_ms_per_mmac"]) * (1.0 + float(lin["h_S"])) ** float(lin["g_S"])
+    REFERENCE = (1, 4096, 4096)  # rows, in, out of the dense layer that defines alpha = 1
+
+    def finalize(self, params, arrays):
+        # time scale: the predicted ms per MMAC of a batch-1 4096 x 4096 Linear layer
+        # (fitted dtype), so that, as in the paper, alpha = 1 for a dense layer at batch 1
+        from .layers import make_arrays
+
+        one = np.ones(1, dtype=np.int64)
+        rows, fin, fout = self.REFERENCE
+        ref = make_arrays(is_linear=[True], N=rows * one, Cin=fin * one, Cout=fout * one, Hin=one, Win=one,
+                          Hout=one, Wout=one, K1=one, K2=one, stride=one, groups=one,
+                          itemsize=one * int(np.median(arrays.itemsize)))
+        _, body = self._parts(ref, params)
+        params["time_scale_ms_per_mmac"] = float(body[0]) / (rows * fin * fout / 1e6)
         return params
 
 

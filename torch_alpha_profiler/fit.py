@@ -85,7 +85,7 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
 
     with np.errstate(over="ignore", invalid="ignore"):
         result = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", max_nfev=20000)
-    return family.finalize(params_of(result.x))
+    return family.finalize(params_of(result.x), arrays)
 
 
 def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",

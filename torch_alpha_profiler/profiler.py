@@ -27,7 +27,8 @@ class AlphaProfiler:
     """Context manager that records and costs Conv2d/Linear calls of ``model``.
 
     ``profile`` is a built-in profile name, a JSON path, a DeviceProfile or
-    "auto" (the built-in profile of the current GPU). Results are read after
+    "auto" (the built-in profile of the current GPU and of the dtype of the
+    first recorded call, resolved when costs are first read). Results are read after
     (or during) the ``with`` block: ``records``, ``total_flops``,
     ``total_alpha_flops``, ``predicted_ms``, ``by_module()``, ``by_kind()``,
     ``not_costed()``, ``table()``, ``to_json()``, ``to_csv()``, ``to_dataframe()``.
@@ -39,7 +40,8 @@ class AlphaProfiler:
         from .profile import load_profile
 
         self.model = model
-        self.profile = load_profile(profile)
+        # "auto" waits for the first record, whose dtype picks the profile
+        self._profile = None if profile == "auto" else load_profile(profile)
         self._raw: List[LayerRecord] = []
         self._not_costed: List[NotCosted] = []
         self._handles: list = []
@@ -104,6 +106,16 @@ class AlphaProfiler:
         return hook
 
     # ---------------------------------------------------------------- results
+    @property
+    def profile(self):
+        """The DeviceProfile that costs the records."""
+        if self._profile is None:
+            from .profile import auto_profile
+
+            dtype = self._raw[0].dtype if self._raw else "float32"
+            self._profile = auto_profile(dtype)
+        return self._profile
+
     @property
     def records(self) -> List[LayerRecord]:
         """Every recorded call, in call order, with MACs, FLOPs, alpha, alpha-FLOPs and ms."""

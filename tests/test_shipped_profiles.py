@@ -1,0 +1,51 @@
+"""The shipped H100 profiles: valid, reproducible from the committed CSVs, and sane."""
+import os
+
+import numpy as np
+import pytest
+
+from torch_alpha_profiler import load_profile
+from torch_alpha_profiler.families import get_family
+from torch_alpha_profiler.layers import make_arrays
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "data")
+
+
+@pytest.mark.parametrize("name,csv", [("h100-fp32", "calib-float32.csv"), ("h100-bf16", "calib-bfloat16.csv")])
+def test_shipped_profile_is_reproduced_by_fit(name, csv):
+    from torch_alpha_profiler.fit import fit_profile
+    from torch_alpha_profiler.tables import read_layer_table
+
+    shipped = load_profile(name, warn_device=False)
+    assert shipped.family == "axes"
+    assert shipped.device_name == "NVIDIA H100 80GB HBM3"
+    refit = fit_profile(read_layer_table(os.path.join(DATA, csv)), family="axes", keep_data=False)
+    for cls, params in shipped.parameters["classes"].items():
+        for key, value in params.items():
+            assert refit.parameters["classes"][cls][key] == pytest.approx(value, rel=1e-6), (cls, key)
+    assert refit.provenance["fit"]["mape_pct"] == pytest.approx(shipped.provenance["fit"]["mape_pct"], rel=1e-6)
+
+
+def test_axes_family_classes_and_monotone_in_size():
+    fam = get_family("axes")
+    p = load_profile("h100-fp32", warn_device=False).parameters
+    one = np.ones(4, dtype=np.int64)
+    arrays = make_arrays(is_linear=[True, False, False, False], N=[64] * 4, Cin=[256, 256, 256, 256],
+                         Cout=[256] * 4, Hin=[1, 14, 14, 14], Win=[1, 14, 14, 14], Hout=[1, 14, 14, 14],
+                         Wout=[1, 14, 14, 14], K1=[1, 1, 3, 3], K2=[1, 1, 3, 3], stride=one,
+                         groups=[1, 1, 1, 256], itemsize=4 * one)
+    assert fam.classify(arrays).tolist() == [0, 1, 2, 3]  # linear, conv1x1, convkxk, grouped
+    small = fam.predict_ms(arrays, p)
+    big = fam.predict_ms(make_arrays(**{**{f: getattr(arrays, f) for f in arrays.__dataclass_fields__},
+                                        "N": np.full(4, 128)}), p)
+    assert np.all(small > 0) and np.all(big > small)  # twice the batch costs more
+
+
+def test_axes_alpha_is_about_one_for_a_batch1_dense_layer():
+    fam = get_family("axes")
+    p = load_profile("h100-fp32", warn_device=False).parameters
+    arrays = make_arrays(is_linear=[True, True], N=[1, 1], Cin=[4096, 2048], Cout=[4096, 8192], Hin=[1, 1], Win=[1, 1], Hout=[1, 1],
+                         Wout=[1, 1], K1=[1, 1], K2=[1, 1], stride=[1, 1], groups=[1, 1], itemsize=[4, 4])
+    alpha = fam.alpha(arrays, p)
+    assert alpha[0] == pytest.approx(1.0)  # the reference layer defines the time scale
+    assert 0.5 < alpha[1] < 2.0  # another batch-1 dense layer of the same size is close
