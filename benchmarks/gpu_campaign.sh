@@ -13,7 +13,7 @@ t0=$(date +%s)
 python3 -m torch_alpha_profiler calibrate --device cuda --dtype "$dtype" --out "$work/calib-$dtype" \
     --family paper --quiet --name "calib-$dtype"
 t1=$(date +%s); echo "calibration wall time: $((t1 - t0)) s"
-python3 benchmarks/validate_gpu.py measure --dtype "$dtype" --out-dir "$work" --model-budget-s "${MODEL_BUDGET_S:-200}"
+python3 benchmarks/validate_gpu.py measure --dtype "$dtype" --out-dir "$work" --model-budget-s "${MODEL_BUDGET_S:-200}" --repeat-heldout
 t2=$(date +%s); echo "validation wall time: $((t2 - t1)) s"
 nvidia-smi --query-gpu=name,clocks.sm,power.draw,temperature.gpu --format=csv
 tar -czf "$out/run-$dtype.tar.gz" -C "$work" .

@@ -137,6 +137,7 @@ def cmd_measure(args):
     d = args.dtype
     print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
     t0 = time.monotonic()
+    rows = []
     if args.heldout:
         calib = {config_key(r) for r in make_plan()}
         rows = [r for r in random_rows(args.heldout + 50, HELDOUT_SEED, sweep="heldout")
@@ -162,6 +163,9 @@ def cmd_measure(args):
               flush=True)
         time_whole_models(args.models, args.batches, d, os.path.join(args.out_dir, f"models-{d}.csv"),
                           args.model_budget_s)
+    if args.repeat_heldout and args.heldout:
+        # the same held-out layers again, last: the spread between the two runs is the noise floor
+        measure_plan(rows, os.path.join(args.out_dir, f"heldout-repeat-{d}.csv"), device="cuda", dtype=d)
     print(f"total {time.monotonic() - t0:.0f} s", flush=True)
 
 
@@ -367,6 +371,7 @@ def main(argv=None):
     p.add_argument("--models", nargs="*", default=MODELS)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--model-budget-s", type=float, default=240)
+    p.add_argument("--repeat-heldout", action="store_true", help="time the held-out layers a second time, last")
     p.set_defaults(func=cmd_measure)
     p = sub.add_parser("report", help="CPU: compare predictions with the measurements, write docs/accuracy.md")
     p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "data"))

@@ -100,7 +100,11 @@ def measure_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cu
 
     if timer is None:
         timer = CudaGraphTimer() if device.startswith("cuda") else CpuTimer()
+    if hasattr(timer, "prepare"):
+        timer.prepare()
     env = environment(device, dtype)
+    env["timer"] = {k: v for k, v in getattr(timer, "__dict__", {}).items() if isinstance(v, (int, float))}
+    env["timer"]["class"] = type(timer).__name__
     with open(out_csv + ".env.json", "w") as f:
         json.dump(env, f, indent=1)
     done = _done_keys(out_csv) if resume else set()

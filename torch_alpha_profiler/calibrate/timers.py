@@ -60,13 +60,39 @@ class CudaGraphTimer:
 
     The graph removes CPU launch overhead, so the time is what the GPU spends
     on the layer when calls run back to back (as inside a captured model).
-    ``inner`` is chosen so that one replay lasts about ``target_replay_ms``.
+    The per-call time is first estimated from replays of a one-call graph
+    (an upper bound: it includes the gap between replays), then ``inner`` is
+    chosen so that one replay lasts about ``target_replay_ms`` and each timed
+    block about ``target_block_ms`` (at least ``min_replays`` replays).
     """
 
-    def __init__(self, warmup: int = 2, blocks: int = 5, target_block_ms: float = 2.0,
-                 target_replay_ms: float = 0.2, max_inner: int = 32):
+    def __init__(self, warmup: int = 3, blocks: int = 5, target_block_ms: float = 2.0,
+                 target_replay_ms: float = 0.25, max_inner: int = 64, min_replays: int = 3):
         self.warmup, self.blocks = warmup, blocks
-        self.target_block_ms, self.target_replay_ms, self.max_inner = target_block_ms, target_replay_ms, max_inner
+        self.target_block_ms, self.target_replay_ms = target_block_ms, target_replay_ms
+        self.max_inner, self.min_replays = max_inner, min_replays
+
+    def prepare(self, seconds: float = 1.0) -> None:
+        """Keep the GPU busy for ``seconds`` so that clocks have ramped up before timing."""
+        import torch
+
+        a = torch.randn(4096, 4096, device="cuda")
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(10):
+                a = torch.tanh(a @ a)
+            torch.cuda.synchronize()
+
+    @staticmethod
+    def _capture(fn, calls: int):
+        import torch
+
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+        graph.replay()
+        return graph
 
     def measure(self, fn: Callable[[], object]) -> Measurement:
         import torch
@@ -78,19 +104,19 @@ class CudaGraphTimer:
                 fn()
         torch.cuda.current_stream().wait_stream(stream)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        graph = self._capture(fn, 1)
         start.record()
-        fn()
+        for _ in range(5):
+            graph.replay()
         end.record()
         end.synchronize()
-        one_ms = max(start.elapsed_time(end), 1e-4)
+        one_ms = max(start.elapsed_time(end) / 5, 1e-4)
         inner = int(min(self.max_inner, max(1, self.target_replay_ms // one_ms)))
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(inner):
-                fn()
-        graph.replay()
+        if inner > 1:
+            del graph
+            graph = self._capture(fn, inner)
         torch.cuda.synchronize()
-        replays = int(max(1, min(200, self.target_block_ms // (one_ms * inner))))
+        replays = int(max(self.min_replays, min(500, self.target_block_ms // (one_ms * inner))))
         samples = []
         for _ in range(self.blocks):
             start.record()
