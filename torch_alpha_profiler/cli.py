@@ -165,15 +165,19 @@ def cmd_predict(args) -> int:
     from .tables import read_layer_table, write_predictions
 
     profile = load_profile(args.profile)
-    table = read_layer_table(args.csv)
     t0 = time.perf_counter()
+    table = read_layer_table(args.csv)
+    t1 = time.perf_counter()
     costs = evaluate(table.arrays, profile)
+    t2 = time.perf_counter()
     if args.out:
         with open(args.out, "w", newline="", encoding="utf-8") as f:
             write_predictions(table, costs, f)
     else:
         write_predictions(table, costs, sys.stdout)
-    sys.stderr.write(f"predicted {len(table)} layers in {time.perf_counter() - t0:.2f} s\n")
+    t3 = time.perf_counter()
+    sys.stderr.write(f"predicted {len(table)} layers in {t3 - t0:.2f} s (read {t1 - t0:.2f} s, "
+                     f"predict {t2 - t1:.3f} s, write {t3 - t2:.2f} s)\n")
     return 0
 
 

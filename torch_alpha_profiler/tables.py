@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -35,8 +35,11 @@ class LayerTable:
     arrays: LayerArrays
     time_ms: Optional[np.ndarray]
     header: List[str]
-    columns: Dict[str, List[str]]  # raw text per column, passed through by `predict`
+    columns: Mapping[str, List[str]]  # raw text per column, passed through by `predict`
     source: str = "<table>"
+    # each data row's text as read, where that equals its cells joined by commas
+    # (no quotes, no spaces): `predict` then appends to it instead of re-joining cells
+    row_text: Optional[List[str]] = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -79,52 +82,276 @@ def _out_size(size, k, stride, pad, dil, same):
     return np.where(same, -(-size // stride), conv)
 
 
-def parse_layer_table(text: str, source: str = "<table>") -> LayerTable:
-    """Parse a layer table from CSV text (see the module docstring)."""
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise LayerTableError(f"{source}: empty file, expected a header line") from None
+class _TextColumns:
+    """Cells of a table by column name, as stripped text: the reference parser."""
+
+    def __init__(self, header: List[str], columns: Mapping[str, List[str]], n: int, source: str):
+        self.header, self.columns, self.n, self.source = header, columns, n, source
+        self.row_text: Optional[List[str]] = None
+
+    @classmethod
+    def from_text(cls, text: str, source: str) -> "_TextColumns":
+        reader = csv.reader(io.StringIO(text))
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise LayerTableError(f"{source}: empty file, expected a header line") from None
+        _check_required(header, source)
+        rows = list(reader)
+        width = len(header)
+        for i, row in enumerate(rows):
+            if len(row) != width:
+                raise LayerTableError(f"{source} line {i + 2}: {len(row)} fields, expected {width}")
+        columns = ({h: [row[j].strip() for row in rows] for j, h in enumerate(header)} if rows
+                   else {h: [] for h in header})
+        return cls(header, columns, len(rows), source)
+
+    def text(self, name: str) -> List[str]:
+        """The column's cells, empty ones (or the whole column, if absent) given DEFAULTS."""
+        if name in self.columns:
+            default = DEFAULTS.get(name)
+            values = self.columns[name]
+            return [v or default for v in values] if default is not None else values
+        return [DEFAULTS[name]] * self.n
+
+    def ints(self, name: str, allow_zero=False) -> np.ndarray:
+        return _positive_ints(self.text(name), name, self.source, allow_zero)
+
+    def pairs(self, name: str, allow_zero=False, empty: Optional[str] = None):
+        values = self.text(name)
+        if empty is not None:
+            values = [v or empty for v in values]
+        return _pairs(values, name, self.source, allow_zero)
+
+    def is_empty(self, name: str) -> np.ndarray:
+        return np.asarray([v == "" for v in self.columns[name]], dtype=bool)
+
+    def categories(self, name: str):
+        """(distinct values, index of each cell's value among them)."""
+        values = self.text(name)
+        distinct = sorted(set(values))
+        index = {v: i for i, v in enumerate(distinct)}
+        return distinct, np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+
+    def floats(self, name: str) -> np.ndarray:
+        values = self.columns[name]
+        try:
+            return np.asarray([float(v) if v else np.nan for v in values], dtype=np.float64)
+        except ValueError:
+            for i, v in enumerate(values):
+                try:
+                    float(v)
+                except ValueError:
+                    raise LayerTableError(f"{self.source} line {i + 2}: column '{name}' must be a "
+                                          f"number, got {v!r}") from None
+            raise
+
+
+class _LazyColumns(Mapping):
+    """Raw text per column, split out of the table's text only when first read."""
+
+    def __init__(self, header: List[str], body: str):
+        self._header, self._body, self._columns = header, body, None
+
+    def _load(self) -> Dict[str, List[str]]:
+        if self._columns is None:
+            width = len(self._header)
+            cells = self._body.replace("\n", ",").split(",")
+            self._columns = {h: cells[j::width] for j, h in enumerate(self._header)}
+            self._body = None
+        return self._columns
+
+    def __getitem__(self, name):
+        return self._load()[name]
+
+    def __contains__(self, name):
+        return name in self._header
+
+    def __iter__(self):
+        return iter(dict.fromkeys(self._header))
+
+    def __len__(self):
+        return len(dict.fromkeys(self._header))
+
+
+_PAD = 32  # widest cell parsed with numpy; wider ones go to the reference code
+
+
+class _ByteColumns(_TextColumns):
+    """The fast parser: cells located once with numpy, decoded column by column.
+
+    Only for plain files (printable ASCII without quotes or spaces, every row
+    as wide as the header); anything else goes to :class:`_TextColumns`.
+    Each column is parsed with numpy where its cells are plain digits, else
+    through its distinct values, else by the reference code, so values and
+    error messages are the reference parser's.
+    """
+
+    def __init__(self, header, columns, n, source, body: np.ndarray, starts, ends, row_text):
+        super().__init__(header, columns, n, source)
+        # the body between _PAD zero bytes, so that fixed-width windows never run off it
+        self._b = np.concatenate([np.zeros(_PAD, np.uint8), body, np.zeros(_PAD, np.uint8)])
+        self._starts, self._ends = starts, ends
+        self._index = {h: j for j, h in enumerate(header)}  # the last of duplicate names, as csv
+        self.row_text = row_text
+
+    @classmethod
+    def from_bytes(cls, data: bytes, text: str, source: str) -> Optional["_ByteColumns"]:
+        cut = data.find(b"\n")
+        if cut < 0 or cut + 1 == len(data):
+            return None
+        header = data[:cut].decode("utf-8", errors="replace").split(",")
+        if any(c not in header for c in REQUIRED):
+            return None
+        width = len(header)
+        full = np.frombuffer(data, dtype=np.uint8)
+        # printable ASCII only: no quotes, nothing that str.strip() would remove
+        if (((full < 33) & (full != ord("\n"))) | (full == ord('"')) | (full > 126)).any():
+            return None
+        b = full[cut + 1:]
+        if b[-1] != ord("\n"):
+            b = np.append(b, np.uint8(ord("\n")))
+        offset = np.int32 if b.size < 2**31 else np.int64  # halves the offsets' memory
+        seps = np.flatnonzero((b == ord(",")) | (b == ord("\n"))).astype(offset)
+        newlines = np.flatnonzero(b == ord("\n")).astype(offset)
+        n = newlines.size
+        if seps.size != n * width or not np.array_equal(seps[width - 1::width], newlines):
+            return None  # ragged rows or blank lines: the reference parser names the line
+        ends = seps.reshape(n, width)
+        starts = np.empty_like(ends)
+        starts[:, 1:] = ends[:, :-1] + 1
+        starts[0, 0] = 0
+        starts[1:, 0] = newlines[:-1] + 1
+        body_text = text[text.index("\n") + 1:]
+        if body_text.endswith("\n"):
+            body_text = body_text[:-1]
+        row_text = body_text.split("\n")
+        if len(row_text) != n:
+            return None
+        return cls(header, _LazyColumns(header, body_text), n, source, b, starts, ends, row_text)
+
+    def _cells(self, name: str, right: bool = False):
+        """Column ``name`` as an (n, width) uint8 array, zero-padded on the right (or on the
+        left, ``right=True``), and each cell's length; None for cells wider than _PAD."""
+        j = self._index[name]
+        start, end = self._starts[:, j], self._ends[:, j]
+        length = end - start
+        width = max(int(length.max()), 1)
+        if width > _PAD:
+            return None, length
+        # one row gather from a window view instead of n x width element indices
+        windows = np.lib.stride_tricks.sliding_window_view(self._b, width)
+        cells = windows[(end - width if right else start) + _PAD]
+        pos = np.arange(width)
+        inside = pos >= (width - length)[:, None] if right else pos < length[:, None]
+        cells *= inside
+        return cells, length
+
+    def _digits(self, name: str, allow_zero: bool, empty: Optional[str] = None) -> Optional[np.ndarray]:
+        """Column ``name`` as int64 where every cell is plain digits (empty ones: ``empty`` or
+        the default), else None."""
+        cells, length = self._cells(name, right=True)
+        if cells is None or cells.shape[1] > 18:
+            return None
+        inside = cells != 0  # cells hold printable ASCII only (from_bytes), padding is 0
+        if ((cells < ord("0")) | (cells > ord("9")))[inside].any():
+            return None
+        digits = np.where(inside, cells - ord("0"), 0).astype(np.int64)
+        value = digits @ (10 ** np.arange(cells.shape[1] - 1, -1, -1, dtype=np.int64))
+        blank = length == 0
+        if blank.any():
+            default = DEFAULTS.get(name) if empty is None else empty
+            if default is None:
+                return None
+            value[blank] = int(default)
+        if (value < (0 if allow_zero else 1)).any():
+            return None
+        return value
+
+    def _distinct(self, name: str, empty: Optional[str] = None):
+        """(distinct cell texts, empty cells given DEFAULTS or ``empty``; index of each cell's),
+        or None for cells wider than _PAD."""
+        cells, _ = self._cells(name)
+        if cells is None:
+            return None
+        if cells.shape[1] <= 8:
+            keys = np.zeros((self.n, 8), dtype=np.uint8)
+            keys[:, :cells.shape[1]] = cells
+            keys = keys.view(np.uint64).ravel()
+        else:
+            keys = np.ascontiguousarray(cells).view(f"S{cells.shape[1]}").ravel()
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        fill = DEFAULTS.get(name, "") if empty is None else empty
+        distinct = [bytes(cells[i]).rstrip(b"\0").decode("ascii") or fill for i in first.tolist()]
+        return distinct, inverse.ravel()
+
+    def ints(self, name, allow_zero=False):
+        if name in self.columns:
+            value = self._digits(name, allow_zero)
+            if value is not None:
+                return value
+        return super().ints(name, allow_zero)
+
+    def pairs(self, name, allow_zero=False, empty=None):
+        if name in self.columns:
+            value = self._digits(name, allow_zero, empty)
+            if value is not None:
+                return value, value
+            found = self._distinct(name, empty)
+            if found is not None:
+                distinct, inverse = found
+                try:
+                    h, w = _pairs(distinct, name, self.source, allow_zero)
+                    return h[inverse], w[inverse]
+                except LayerTableError:
+                    pass  # the reference parser names the first bad line
+        return super().pairs(name, allow_zero, empty)
+
+    def is_empty(self, name):
+        j = self._index[name]
+        return self._ends[:, j] == self._starts[:, j]
+
+    def categories(self, name):
+        found = self._distinct(name) if name in self.columns else None
+        if found is None:
+            return super().categories(name)
+        distinct, inverse = found
+        # the reference's order: sorted distinct values (several keys can share a default)
+        order = sorted(set(distinct))
+        remap = np.asarray([order.index(v) for v in distinct], dtype=np.int64)
+        return order, remap[inverse]
+
+
+def _check_required(header: List[str], source: str) -> None:
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise LayerTableError(f"{source}: missing required column(s) {', '.join(missing)} "
                               f"(header is {','.join(header)})")
-    rows = list(reader)
-    width = len(header)
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise LayerTableError(f"{source} line {i + 2}: {len(row)} fields, expected {width}")
-    columns = {h: [row[j].strip() for row in rows] for j, h in enumerate(header)} if rows else {h: [] for h in header}
-    n = len(rows)
 
-    def col(name):
-        if name in columns:
-            default = DEFAULTS.get(name)
-            return [v or default for v in columns[name]] if default is not None else columns[name]
-        return [DEFAULTS[name]] * n
 
-    kinds = col("kind")
-    bad = sorted(set(kinds) - set(KINDS))
+def _parse(text: str, data: bytes, source: str) -> LayerTable:
+    cols = _ByteColumns.from_bytes(data, text, source) or _TextColumns.from_text(text, source)
+    n, source = cols.n, cols.source
+    distinct, kind = cols.categories("kind")
+    bad = sorted(set(distinct) - set(KINDS))
     if bad:
-        i = kinds.index(bad[0])
+        i = int(np.flatnonzero(kind == distinct.index(bad[0]))[0])
         raise LayerTableError(f"{source} line {i + 2}: column 'kind' must be one of "
                               f"{', '.join(KINDS)}, got {bad[0]!r}")
-    is_linear = np.asarray(kinds) == "Linear" if n else np.zeros(0, bool)
-    N = _positive_ints(col("N"), "N", source)
-    Cin = _positive_ints(col("Cin"), "Cin", source)
-    Cout = _positive_ints(col("Cout"), "Cout", source)
-    H = _positive_ints(col("H"), "H", source)
-    W = _positive_ints(col("W"), "W", source)
-    K1 = _positive_ints(col("K1"), "K1", source)
-    K2 = _positive_ints(col("K2"), "K2", source)
-    sh, sw = _pairs(col("stride"), "stride", source)
-    dh, dw = _pairs(col("dilation"), "dilation", source)
-    groups = _positive_ints(col("groups"), "groups", source)
-    if "padding" in columns:
-        pad_text = columns["padding"]
-        same = np.asarray([v == "" for v in pad_text], dtype=bool)
-        ph, pw = _pairs([v or "0" for v in pad_text], "padding", source, allow_zero=True)
+    is_linear = (kind == distinct.index("Linear")) if "Linear" in distinct else np.zeros(n, bool)
+    N = cols.ints("N")
+    Cin = cols.ints("Cin")
+    Cout = cols.ints("Cout")
+    H = cols.ints("H")
+    W = cols.ints("W")
+    K1 = cols.ints("K1")
+    K2 = cols.ints("K2")
+    sh, sw = cols.pairs("stride")
+    dh, dw = cols.pairs("dilation")
+    groups = cols.ints("groups")
+    if "padding" in cols.columns:
+        same = cols.is_empty("padding")
+        ph, pw = cols.pairs("padding", allow_zero=True, empty="0")
     else:
         same = np.ones(n, dtype=bool)
         ph = pw = np.zeros(n, dtype=np.int64)
@@ -142,7 +369,11 @@ def parse_layer_table(text: str, source: str = "<table>") -> LayerTable:
         raise LayerTableError(f"{source} line {i + 2}: kernel larger than the padded input")
     one = np.ones(n, dtype=np.int64)
     lin = is_linear
-    itemsize = [itemsize_of(v) for v in columns["dtype"]] if "dtype" in columns else np.full(n, 4)
+    if "dtype" in cols.columns:
+        distinct, index = cols.categories("dtype")
+        itemsize = np.asarray([itemsize_of(v) for v in distinct], dtype=np.int64)[index]
+    else:
+        itemsize = np.full(n, 4)
     arrays = make_arrays(
         is_linear=lin, N=N, Cin=Cin, Cout=Cout,
         Hin=np.where(lin, one, H), Win=np.where(lin, one, W),
@@ -151,38 +382,45 @@ def parse_layer_table(text: str, source: str = "<table>") -> LayerTable:
         stride=np.where(lin, one, np.maximum(sh, sw)), groups=np.where(lin, one, groups),
         itemsize=itemsize,
     )
-    time_ms = None
-    if "time_ms" in columns:
-        try:
-            time_ms = np.asarray([float(v) if v else np.nan for v in columns["time_ms"]])
-        except ValueError:
-            for i, v in enumerate(columns["time_ms"]):
-                try:
-                    float(v)
-                except ValueError:
-                    raise LayerTableError(f"{source} line {i + 2}: column 'time_ms' must be a "
-                                          f"number, got {v!r}") from None
-    return LayerTable(arrays=arrays, time_ms=time_ms, header=header, columns=columns, source=source)
+    time_ms = cols.floats("time_ms") if "time_ms" in cols.columns else None
+    return LayerTable(arrays=arrays, time_ms=time_ms, header=cols.header, columns=cols.columns,
+                      source=source, row_text=cols.row_text)
+
+
+def parse_layer_table(text: str, source: str = "<table>") -> LayerTable:
+    """Parse a layer table from CSV text (see the module docstring)."""
+    return _parse(text, text.encode("utf-8"), source)
 
 
 def read_layer_table(path: str) -> LayerTable:
     """Read and validate a layer-table CSV file."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise LayerTableError(f"{path}: cannot read ({e.strerror})") from None
-    return parse_layer_table(text, source=path)
+    return _parse(data.decode("utf-8"), data, path)
+
+
+PREDICTED = ("flops", "alpha", "alpha_flops", "predicted_ms")
+_BLOCK = 1 << 16  # rows formatted and written at a time
 
 
 def write_predictions(table: LayerTable, costs, out) -> None:
     """Write ``table``'s columns plus flops, alpha, alpha_flops and predicted_ms to ``out``."""
-    added = ("flops", "alpha", "alpha_flops", "predicted_ms")
-    header = [h for h in table.header if h not in added] + list(added)
+    header = [h for h in table.header if h not in PREDICTED] + list(PREDICTED)
+    new = (costs.flops.tolist(), costs.alpha.tolist(), costs.alpha_flops.tolist(),
+           costs.predicted_ms.tolist())
+    if table.row_text is not None and header[:-4] == table.header:
+        # rows as read, then the predictions: what csv.writer would write for these cells
+        out.write(",".join(header) + "\n")
+        row = "%s,%d,%.6g,%.6g,%.6g\n".__mod__
+        for i in range(0, len(table), _BLOCK):
+            part = slice(i, i + _BLOCK)
+            out.write("".join(map(row, zip(table.row_text[part], *(c[part] for c in new)))))
+        return
     w = csv.writer(out, lineterminator="\n")
     w.writerow(header)
     passthrough = [table.columns[h] for h in header[:-4]]
-    new = [costs.flops.tolist(), np.char.mod("%.6g", costs.alpha).tolist(),
-           np.char.mod("%.6g", costs.alpha_flops).tolist(),
-           np.char.mod("%.6g", costs.predicted_ms).tolist()]
-    w.writerows(zip(*passthrough, *new))
+    g6 = "%.6g".__mod__
+    w.writerows(zip(*passthrough, new[0], map(g6, new[1]), map(g6, new[2]), map(g6, new[3])))
