@@ -28,14 +28,35 @@ def _input_size(args, name: str):
 
 
 def _profile_model(name: str, batch: int, size, profile, device: str):
+    """Profile one forward of ``name``; ``device`` is one of shapes.DEVICES (see there)."""
+    from .shapes import resolve_device
+    from .zoo import build_model
+
+    run = resolve_device(device, batch, size)
+    model = build_model(name, device="meta" if run == "hybrid" else run)
+    if run == "hybrid":
+        try:
+            return _forward(model, batch, size, profile, "hybrid")
+        except Exception:
+            if device != "auto":
+                raise
+            run = "meta"  # an op the hybrid pass cannot run: meta gives the same shapes
+    return _forward(model, batch, size, profile, run)
+
+
+def _forward(model, batch: int, size, profile, run: str):
+    import contextlib
+
     import torch
 
     from .profiler import AlphaProfiler
-    from .zoo import build_model
+    from .shapes import ShapeOnlyMode
 
-    model = build_model(name, device=device)
-    x = torch.randn(batch, 3, *size, device=device)
-    with AlphaProfiler(model, profile=profile) as p, torch.no_grad():
+    if run == "hybrid":
+        x, mode = torch.zeros(batch, 3, *size), ShapeOnlyMode()
+    else:
+        x, mode = torch.randn(batch, 3, *size, device=run), contextlib.nullcontext()
+    with AlphaProfiler(model, profile=profile) as p, torch.no_grad(), mode:
         model(x)
     return p
 
@@ -239,8 +260,10 @@ def create_parser() -> argparse.ArgumentParser:
         p.add_argument("--profile", default="t2000-paper", help="built-in profile name or JSON path")
         p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
                        help="input height [width] (default: the model's own, e.g. 224)")
-        p.add_argument("--device", default="meta", choices=("meta", "cpu"),
-                       help="where to run the shape-only forward (default: meta)")
+        p.add_argument("--device", default="auto", choices=("auto", "hybrid", "meta", "cpu"),
+                       help="how to run the shape-only forward: hybrid (meta weights, CPU activations, "
+                            "no convolution or matrix-product FLOPs), meta, cpu, or auto (default): "
+                            "hybrid up to 100,000 input pixels (batch x H x W), meta above")
         p.add_argument("--format", default="table", choices=("table", "json", "csv"))
         p.add_argument("--out", help="write to this file instead of stdout")
 
