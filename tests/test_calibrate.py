@@ -310,10 +310,6 @@ def test_environment_records_math_mode():
     assert env["dtype"] == "bfloat16"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG calibrate/measure.py measure_plan: an existing but empty "
-                   "output file (a run killed during its first row: the header is not flushed until the "
-                   "first row is) is resumed in append mode without writing the header, so every later "
-                   "row is read as data under the first row's values")
 def test_resume_into_an_empty_file_writes_the_header(tmp_path):
     out = tmp_path / "raw.csv"
     out.write_text("")

@@ -132,8 +132,6 @@ def test_wrong_type_is_a_type_error():
         load_profile(42)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG profile.py profile_from_dict: `version != SCHEMA_VERSION` "
-                   "accepts JSON true (True == 1) and 1.0 as schema version 1")
 @pytest.mark.parametrize("version", [True, 1.0])
 def test_schema_version_must_be_the_integer_1(t2000_doc, version):
     t2000_doc["schema_version"] = version

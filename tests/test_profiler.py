@@ -243,9 +243,6 @@ def test_multihead_attention_is_not_costed_and_its_projection_not_zero():
     assert all(r.flops > 0 for r in p.records)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG profiler.py _record_hook: reads inputs[0], but a layer "
-                   "called with a keyword argument (lin(input=x)) has no positional inputs -> IndexError "
-                   "raised from the hook breaks the user's forward")
 def test_layer_called_with_keyword_input():
     lin = nn.Linear(4, 5)
     with AlphaProfiler(lin) as p:

@@ -147,10 +147,6 @@ def test_csv_export_feeds_back_into_predict(name):
     np.testing.assert_allclose(costs.predicted_ms, [r.predicted_ms for r in p.records], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG registry.py _conv2d_record: padding='same' with an even "
-                   "kernel is stored as d*(k-1)//2 (0 for k=2, 1 for k=4), so the exported CSV's padding "
-                   "column gives a smaller output than the recorded one and `predict` on to_csv() "
-                   "disagrees with the profile")
 def test_csv_round_trip_same_padding_even_kernel():
     model = nn.Sequential(nn.Conv2d(3, 4, 2, padding="same"), nn.Conv2d(4, 4, 4, padding="same"))
     with warnings.catch_warnings():

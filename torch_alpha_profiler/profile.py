@@ -99,7 +99,7 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     if not isinstance(doc, Mapping):
         raise ProfileError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     version = doc.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise ProfileError(
             f"{where}: field 'schema_version' is {version!r}; this version reads {SCHEMA_VERSION}")
     for key in ("name", "family"):

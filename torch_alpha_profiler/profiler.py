@@ -64,7 +64,8 @@ class AlphaProfiler:
             for name, module in modules:
                 entry = registry.resolve(type(module))
                 if entry is not None:
-                    self._handles.append(module.register_forward_hook(self._record_hook(name, *entry)))
+                    self._handles.append(module.register_forward_hook(
+                        self._record_hook(name, *entry), with_kwargs=True))
                 elif registry.is_uncosted_compute(module):
                     self._handles.append(module.register_forward_hook(self._uncosted_hook(name)))
         except BaseException:
@@ -89,8 +90,9 @@ class AlphaProfiler:
     def _record_hook(self, name: str, kind: str, extract):
         raw = self._raw
 
-        def hook(module, inputs, output):
-            x = inputs[0]
+        def hook(module, inputs, kwargs, output):
+            # the layer's input is its first positional argument, or its only keyword one
+            x = inputs[0] if inputs else next(iter(kwargs.values()))
             raw.append(extract(name, module, tuple(x.shape), tuple(output.shape),
                                str(x.dtype)[6:], x.device.type, len(raw)))
             self._costed = None

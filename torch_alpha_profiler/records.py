@@ -38,6 +38,7 @@ class LayerRecord:
     padding: Pair = (0, 0)
     dilation: Pair = (1, 1)
     groups: int = 1
+    padding_same: bool = False  # padding='same': output size = input size (padding may be uneven)
     bias: bool = False
     dtype: str = "float32"
     device: str = "cpu"

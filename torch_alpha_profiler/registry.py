@@ -64,6 +64,7 @@ def _pair(value) -> Tuple[int, int]:
 def _conv2d_record(name, module, in_shape, out_shape, dtype, device, call_index):
     batched = len(in_shape) == 4
     padding = module.padding
+    same = padding == "same"
     if isinstance(padding, str):
         # 'valid' is zero padding; 'same' keeps the spatial size at stride 1:
         # store the padding that reproduces the recorded output size
@@ -86,6 +87,7 @@ def _conv2d_record(name, module, in_shape, out_shape, dtype, device, call_index)
         padding=_pair(padding),
         dilation=_pair(module.dilation),
         groups=module.groups,
+        padding_same=same,
         bias=module.bias is not None,
         dtype=dtype,
         device=device,

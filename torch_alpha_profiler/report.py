@@ -156,7 +156,7 @@ def _csv_row(r: LayerRecord) -> list:
         return str(p[0]) if p[0] == p[1] else f"{p[0]}x{p[1]}"
 
     return [r.name, r.kind, r.module_type, r.batch, r.in_channels, r.out_channels, r.in_hw[0],
-            r.in_hw[1], r.kernel[0], r.kernel[1], hw(r.stride), r.groups, hw(r.padding),
+            r.in_hw[1], r.kernel[0], r.kernel[1], hw(r.stride), r.groups, "" if r.padding_same else hw(r.padding),
             hw(r.dilation), r.out_hw[0], r.out_hw[1], r.dtype, r.device,
             r.macs, r.flops, repr(r.alpha), repr(r.alpha_flops), repr(r.predicted_ms)]
 

@@ -108,13 +108,14 @@ def measure_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cu
     with open(out_csv + ".env.json", "w") as f:
         json.dump(env, f, indent=1)
     done = _done_keys(out_csv) if resume else set()
-    new_file = not os.path.exists(out_csv) or not resume
+    new_file = not resume or not os.path.exists(out_csv) or os.path.getsize(out_csv) == 0
     results: List[Dict[str, str]] = []
     oom_errors = (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
     with open(out_csv, "w" if new_file else "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
         if new_file:
             writer.writeheader()
+            f.flush()
         for i, r in enumerate(plan):
             if progress is not None:
                 progress(i, len(plan), r)
