@@ -53,50 +53,96 @@ def _geom(lo: float, hi: float, n: int) -> List[int]:
     return sorted(set(int(v) for v in vals))
 
 
+# channel counts as networks use them (multiples of 8), and a few that are not
+CHANNELS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+ODD_CHANNELS = (3, 10, 20, 51, 100, 200, 323, 813)
+SIDES = (1, 2, 4, 7, 14, 28, 56, 112, 224)
+DW_CHANNELS = (16, 32, 48, 72, 96, 120, 144, 192, 240, 288, 384, 480, 576, 672, 960, 1152, 1536)
+
+
 def _sweeps(scale: int) -> Iterable[Dict[str, str]]:
-    pts = max(3, 7 * scale)
-    # Linear: rows, in- and out-features (paper Sec. 6.1: batch is a spatial axis)
-    for cin, cout in ((1024, 1024), (4096, 4096), (768, 3072), (2048, 1000)):
-        for n in _geom(1, 8192, pts + 2):
+    thin = scale <= 1  # scale 1: fewer base points for K = 5, 7 and stride 2
+    # Linear: rows (paper Sec. 6.1: batch is a spatial axis), in- and out-features
+    rows_axis = (1, 2, 4, 8, 16, 32, 64, 128, 197, 256, 512, 1024, 2048, 3136, 4096, 6304, 8192)
+    for cin, cout in ((512, 1000), (768, 768), (768, 3072), (3072, 768), (1024, 1024), (1280, 1000),
+                      (2048, 1000), (4096, 4096)):
+        for n in rows_axis:
             yield row("linear_rows", "Linear", N=n, Cin=cin, Cout=cout)
     for n in (1, 64, 1024):
-        for c in _geom(16, 16384, pts):
+        for c in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384) + ODD_CHANNELS[2::2]:
             yield row("linear_cin", "Linear", N=n, Cin=c, Cout=1024)
             yield row("linear_cout", "Linear", N=n, Cin=1024, Cout=c)
-    # dense convolutions, K = 1, 3, 5, 7
+    # dense convolutions, K = 1, 3, 5, 7, stride 1 and 2, growing one axis at a time
     for k in (1, 3, 5, 7):
         for stride in (1, 2):
-            chans = ((64, 64), (256, 256), (128, 512)) if k > 1 else ((64, 256), (512, 512), (1024, 256))
-            for cin, cout in chans:
-                for n in (1, 16):
-                    for h in _geom(2, 224 if n == 1 else 112, pts):
-                        yield row(f"conv{k}_hw", N=n, Cin=cin, Cout=cout, H=h, W=h, K=k, stride=stride)
-            for h, n in ((7, 1), (28, 1), (14, 32), (56, 8)):
-                for c in _geom(8, 2048, pts):
+            light = thin and (k > 3 or stride == 2)
+            chans = ((64, 256), (256, 64), (512, 512), (1024, 256)) if k == 1 else ((64, 64), (128, 128), (256, 256), (32, 96))
+            for cin, cout in chans[:2] if light else chans:
+                for n in (1, 8, 32):
+                    for h in SIDES:
+                        if n * h * h <= 32 * 56 * 56:
+                            yield row(f"conv{k}_hw", N=n, Cin=cin, Cout=cout, H=h, W=h, K=k, stride=stride)
+            bases = ((1, 7), (32, 14)) if light else ((1, 7), (1, 28), (32, 14), (8, 56))
+            for n, h in bases:
+                for c in CHANNELS + ODD_CHANNELS[::2]:
                     yield row(f"conv{k}_cin", N=n, Cin=c, Cout=256, H=h, W=h, K=k, stride=stride)
                     yield row(f"conv{k}_cout", N=n, Cin=256, Cout=c, H=h, W=h, K=k, stride=stride)
-            for h, c in ((14, 256), (56, 64)):
-                for n in _geom(1, 128, pts):
+            for h, c in ((14, 256), (56, 64), (7, 512)):
+                for n in (1, 2, 4, 8, 16, 32, 64, 128):
                     yield row(f"conv{k}_batch", N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride)
+    for k, stride in ((3, 2), (7, 2), (3, 1), (4, 4)):  # stems: 3 input channels, large images
+        for n in (1, 8, 32):
+            for cout in (24, 32, 64, 96):
+                yield row("stem", N=n, Cin=3, Cout=cout, H=224, W=224, K=k, stride=stride, padding=k // 2 if k != 4 else 0)
     # depthwise and grouped convolutions
     for k in (3, 5, 7):
         for stride in (1, 2):
-            for c, h in ((32, 112), (144, 56), (480, 14), (960, 7)):
-                for n in (1, 32):
-                    yield row("dw_base", N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride, groups=c)
             for n in (1, 32):
-                for c in _geom(16, 2048, pts):
-                    yield row("dw_c", N=n, Cin=c, Cout=c, H=14, W=14, K=k, stride=stride, groups=c)
-                for h in _geom(2, 112, pts):
-                    yield row("dw_hw", N=n, Cin=128, Cout=128, H=h, W=h, K=k, stride=stride, groups=128)
-    for gw in (8, 16, 32, 64):  # group width, as in RegNet / ResNeXt
-        for c in (64, 256, 1024):
-            if c // gw < 1:
+                for c in DW_CHANNELS[:: 2 if thin and k > 3 else 1]:
+                    for h in (14, 56):
+                        yield row("dw_c", N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride, groups=c)
+                for c in (96, 480):
+                    for h in SIDES:
+                        yield row("dw_hw", N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride, groups=c)
+            for c, h in ((32, 112), (144, 56), (480, 14), (960, 7)):
+                for n in (1, 8, 64):
+                    yield row("dw_base", N=n, Cin=c, Cout=c, H=h, W=h, K=k, stride=stride, groups=c)
+    for gw in (8, 16, 24, 32, 48, 64, 128):  # group width, as in RegNet / ResNeXt
+        for c in (64, 128, 256, 512, 1024, 2048):
+            if c % gw or c // gw < 2:
                 continue
             for n in (1, 32):
                 for h in (7, 14, 28, 56):
                     for stride in (1, 2):
                         yield row("grouped", N=n, Cin=c, Cout=c, H=h, W=h, K=3, stride=stride, groups=c // gw)
+
+
+def realistic_rows(count: int, seed: int, sweep: str = "realistic") -> List[Dict[str, str]]:
+    """Random layers shaped like those of real networks: aligned channels, usual sizes."""
+    rng = random.Random(seed)
+    sides = (1, 2, 4, 7, 8, 12, 14, 16, 17, 28, 32, 35, 56, 64, 73, 112, 147, 224)
+    out: List[Dict[str, str]] = []
+    while len(out) < count:
+        u = rng.random()
+        c1, c2 = rng.choice(CHANNELS), rng.choice(CHANNELS)
+        n = rng.choice((1, 1, 2, 4, 8, 16, 32, 32, 64))
+        h = rng.choice(sides)
+        stride = rng.choice((1, 1, 1, 2))
+        if u < 0.2:
+            tokens = rng.choice((1, 1, 49, 50, 64, 196, 197, 256, 577))
+            f1, f2 = rng.choice(CHANNELS + (3072, 4096)), rng.choice(CHANNELS + (1000, 3072, 4096))
+            r = row(sweep, "Linear", N=n * tokens, Cin=f1, Cout=f2)
+        elif u < 0.4:
+            r = row(sweep, N=n, Cin=c1, Cout=c1, H=h, W=h, K=rng.choice((3, 3, 5, 7)), stride=stride, groups=c1)
+        elif u < 0.5:
+            gw = rng.choice((8, 16, 24, 32, 64))
+            g = max(2, c1 // gw)
+            r = row(sweep, N=n, Cin=gw * g, Cout=gw * g, H=h, W=h, K=3, stride=stride, groups=g)
+        else:
+            r = row(sweep, N=n, Cin=c1, Cout=c2, H=h, W=h, K=rng.choice((1, 1, 1, 3, 3, 3, 5, 7)), stride=stride)
+        if fits(r):
+            out.append(r)
+    return out
 
 
 def random_rows(count: int, seed: int, sweep: str = "random") -> List[Dict[str, str]]:
@@ -134,8 +180,8 @@ def random_rows(count: int, seed: int, sweep: str = "random") -> List[Dict[str, 
 def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0) -> List[Dict[str, str]]:
     """The calibration plan: axis sweeps plus random configurations, deduplicated.
 
-    ``scale`` sets the points per sweep (1: about 1,000 layers, a calibration of
-    about a minute on an H100); tests use ``scale=0`` for a tiny plan.
+    ``scale`` sets the density of the sweeps (1: about 2,700 layers, a calibration
+    of about 80 s on an H100); tests use ``scale=0`` for a tiny plan.
     """
     if scale <= 0:
         rows = [row("tiny", "Linear", N=n, Cin=64, Cout=64) for n in (1, 4, 16)]
@@ -144,6 +190,7 @@ def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0)
         rows += random_rows(4 if random_count is None else random_count, seed)
     else:
         rows = [r for r in _sweeps(scale) if fits(r)]
+        rows += realistic_rows(400 * scale, seed + 1)
         rows += random_rows(300 * scale if random_count is None else random_count, seed)
     seen, out = set(), []
     for r in rows:
