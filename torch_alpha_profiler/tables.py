@@ -175,6 +175,17 @@ class _LazyColumns(Mapping):
 
 
 _PAD = 32  # widest cell parsed with numpy; wider ones go to the reference code
+# byte lookup tables: one pass over the bytes instead of one per comparison
+_UNPLAIN = np.ones(256, dtype=bool)  # bytes that send a file to the reference parser
+_UNPLAIN[33:127] = False
+_UNPLAIN[[ord("\n")]] = False
+_UNPLAIN[[ord('"')]] = True
+_SEPARATOR = np.zeros(256, dtype=bool)
+_SEPARATOR[[ord(","), ord("\n")]] = True
+_NOT_DIGIT = 255
+_DIGIT = np.full(256, _NOT_DIGIT, dtype=np.uint8)  # byte -> digit value; 0 is padding
+_DIGIT[0] = 0
+_DIGIT[ord("0"):ord("9") + 1] = np.arange(10)
 
 
 class _ByteColumns(_TextColumns):
@@ -206,13 +217,13 @@ class _ByteColumns(_TextColumns):
         width = len(header)
         full = np.frombuffer(data, dtype=np.uint8)
         # printable ASCII only: no quotes, nothing that str.strip() would remove
-        if (((full < 33) & (full != ord("\n"))) | (full == ord('"')) | (full > 126)).any():
+        if _UNPLAIN[full].any():
             return None
         b = full[cut + 1:]
         if b[-1] != ord("\n"):
             b = np.append(b, np.uint8(ord("\n")))
         offset = np.int32 if b.size < 2**31 else np.int64  # halves the offsets' memory
-        seps = np.flatnonzero((b == ord(",")) | (b == ord("\n"))).astype(offset)
+        seps = np.flatnonzero(_SEPARATOR[b]).astype(offset)
         newlines = np.flatnonzero(b == ord("\n")).astype(offset)
         n = newlines.size
         if seps.size != n * width or not np.array_equal(seps[width - 1::width], newlines):
@@ -253,11 +264,12 @@ class _ByteColumns(_TextColumns):
         cells, length = self._cells(name, right=True)
         if cells is None or cells.shape[1] > 18:
             return None
-        inside = cells != 0  # cells hold printable ASCII only (from_bytes), padding is 0
-        if ((cells < ord("0")) | (cells > ord("9")))[inside].any():
+        digits = _DIGIT[cells]  # the left padding (byte 0) reads as a leading zero
+        if (digits == _NOT_DIGIT).any():
             return None
-        digits = np.where(inside, cells - ord("0"), 0).astype(np.int64)
-        value = digits @ (10 ** np.arange(cells.shape[1] - 1, -1, -1, dtype=np.int64))
+        value = digits[:, 0].astype(np.int64)
+        for k in range(1, digits.shape[1]):
+            value = value * 10 + digits[:, k]
         blank = length == 0
         if blank.any():
             default = DEFAULTS.get(name) if empty is None else empty
