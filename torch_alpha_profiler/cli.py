@@ -263,7 +263,7 @@ def create_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=("auto", "hybrid", "meta", "cpu"),
                        help="how to run the shape-only forward: hybrid (meta weights, CPU activations, "
                             "no convolution or matrix-product FLOPs), meta, cpu, or auto (default): "
-                            "hybrid up to 100,000 input pixels (batch x H x W), meta above")
+                            "hybrid up to 150,000 input pixels (batch x H x W), meta above")
         p.add_argument("--format", default="table", choices=("table", "json", "csv"))
         p.add_argument("--out", help="write to this file instead of stdout")
 

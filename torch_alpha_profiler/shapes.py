@@ -37,8 +37,9 @@ DEVICES = ("auto", "hybrid", "meta", "cpu")
 
 # "auto" runs the hybrid pass up to this many input pixels (batch x height x
 # width), meta above: the hybrid pass's elementwise work grows with the
-# activations, meta's cost does not (crossover measured in docs/performance.md)
-AUTO_HYBRID_MAX_PIXELS = 100_000
+# activations, meta's cost does not. In the batch sweep of docs/performance.md
+# (224 x 224) hybrid is faster for most models at batch 2 and slower at batch 4.
+AUTO_HYBRID_MAX_PIXELS = 150_000
 
 _META = torch.device("meta")
 
