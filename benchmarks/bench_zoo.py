@@ -137,6 +137,11 @@ def cmd_devices(args) -> int:
     wins = {r: sum(1 for _, t in per_model if min(RUNS, key=lambda q: sum(t[q])) == r) for r in RUNS}
     sweep_rows = [[n, str(b), f"{m * 1e3:.1f}", f"{h * 1e3:.1f}", "hybrid" if h < m else "meta"]
                   for n, b, m, h in sweep]
+    batch_rows = []
+    for b in args.batches:
+        at = [(m, h) for _, bb, m, h in sweep if bb == b]
+        batch_rows.append([str(b), f"{sum(m for m, _ in at) * 1e3:.1f}", f"{sum(h for _, h in at) * 1e3:.1f}",
+                           f"{sum(1 for m, h in at if h < m)} of {len(at)}"])
     def gain(m):
         return sum(m[1]["meta"]) - sum(m[1]["hybrid"])
 
@@ -170,6 +175,10 @@ def cmd_devices(args) -> int:
         "work grows with the input, meta's cost does not.",
         "",
         md_table(["model", "batch", "meta ms", "hybrid ms", "faster"], sweep_rows),
+        "",
+        "Per batch, summed over these models:",
+        "",
+        md_table(["batch", "meta ms", "hybrid ms", "hybrid faster for"], batch_rows),
         "",
         f"Rule of `--device auto` (shapes.AUTO_HYBRID_MAX_PIXELS): hybrid up to "
         f"{AUTO_HYBRID_MAX_PIXELS:,} input pixels (batch x height x width), meta above.",
@@ -213,7 +222,7 @@ def cmd_compare(args) -> int:
         if args.baseline_rev:
             base = _export(args.baseline_rev, os.path.join(tmp, "base"))
             setups.append((f"revision {args.baseline_rev} (before), `--device meta`", base, "meta"))
-        _run_cli(["profiles"], REPO)  # untimed: warm the file cache and the interpreter's start-up
+        _run_cli(["--help"], REPO)  # untimed: warm the file cache and the interpreter's start-up
         times = {label: [] for label, _, _ in setups}
         for k in range(args.repeat):  # interleaved: no setup always runs first
             for label, path, device in setups[k % len(setups):] + setups[:k % len(setups)]:
