@@ -40,6 +40,9 @@ class Family:
     description: str = ""
     # "relative": residual = predicted / measured - 1; "log": ln(predicted / measured)
     residual: str = "relative"
+    # scipy least_squares loss and its scale: "linear" is plain least squares
+    loss: str = "linear"
+    loss_scale: float = 1.0
 
     def finalize(self, params: Dict[str, object], arrays: LayerArrays) -> Dict[str, object]:
         """Derived parameters computed after a fit on ``arrays`` (default: none)."""
@@ -144,18 +147,22 @@ class AxesFamily(Family):
     """
 
     name = "axes"
-    classes = ("linear", "conv1x1", "convkxk", "grouped")
+    classes = ("linear", "conv1x1", "convkxk", "grouped", "depthwise")
     class_params = ("tau_ms_per_mmac", "t0_ms", "h_S", "g_S", "h_cin", "g_cin", "h_cout", "g_cout",
                     "k_exp", "wave_exp", "bw_gb_per_s")
-    global_params = ("time_scale_ms_per_mmac", "overhead_ms", "sm_count", "tile", "smooth_p")
+    global_params = ("time_scale_ms_per_mmac", "overhead_ms", "sm_count", "tile", "smooth_p",
+                     "mis_cin", "mis_cout")
     description = "per-axis saturation of S, Cin/g, Cout/g; K power; wave quantization; memory bound"
     residual = "log"
+    # depthwise layers have one channel per group: their channel axes and alignment are constant
     FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
-             "time_scale_ms_per_mmac": 1.0}
+             "time_scale_ms_per_mmac": 1.0, "depthwise.h_cin": 1.0, "depthwise.g_cin": 0.0,
+             "depthwise.h_cout": 1.0, "depthwise.g_cout": 0.0}
 
     def classify(self, arrays):
         kxk = np.where(arrays.K > 1, 2, 1)
-        return np.where(arrays.is_linear, 0, np.where(arrays.groups > 1, 3, kxk)).astype(np.int64)
+        grouped = np.where(arrays.Cin == arrays.groups, 4, 3)  # one input channel per group: depthwise
+        return np.where(arrays.is_linear, 0, np.where(arrays.groups > 1, grouped, kxk)).astype(np.int64)
 
     def _parts(self, arrays, params):
         v = {name: self.class_values(arrays, params, name) for name in self.class_params}
@@ -166,6 +173,11 @@ class AxesFamily(Family):
         for axis, _ in AXES:
             compute = compute * (1.0 + v["h_" + axis] / x[axis]) ** v["g_" + axis]
         compute = compute * arrays.K.astype(np.float64) ** v["k_exp"]
+        # rows of channels that are not a multiple of 16 bytes cannot use the vectorized,
+        # tensor-core paths: a per-class penalty for each misaligned channel axis
+        for axis in ("cin", "cout"):
+            misaligned = ((x[axis] * arrays.itemsize) % 16 != 0) & (arrays.Cin != arrays.groups)
+            compute = compute * np.where(misaligned, float(params["mis_" + axis]), 1.0)
         sms, tile = float(params["sm_count"]), float(params["tile"])
         tiles = np.ceil(x["S"] / tile) * np.ceil(x["cout"] / tile) * arrays.groups
         occupancy = tiles / (np.ceil(tiles / sms) * sms)
@@ -187,6 +199,8 @@ class AxesFamily(Family):
 
     def bounds(self):
         b = {}
+        b["mis_cin"] = Bound(1.0, 0.2, 10.0, log=True)
+        b["mis_cout"] = Bound(1.0, 0.2, 10.0, log=True)
         for c in self.classes:
             b[f"{c}.tau_ms_per_mmac"] = Bound(1e-5, 1e-9, 1.0, log=True)
             b[f"{c}.t0_ms"] = Bound(3e-3, 1e-5, 1.0, log=True)

@@ -48,8 +48,10 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
                    fixed: Optional[Mapping[str, float]] = None) -> Dict[str, object]:
     """Least-squares parameters of ``family`` for measured ``time_ms``.
 
-    Minimizes sum((predicted / measured - 1)^2); classes with no measured
-    layer keep their initial values. ``fixed`` pins parameters by key.
+    Minimizes the sum of squared residuals, predicted / measured - 1 (or
+    ln(predicted / measured) for families with ``residual = "log"``), through
+    the family's robust ``loss`` (scipy's least_squares); classes with no
+    measured layer keep their initial values. ``fixed`` pins parameters by key.
     """
     from scipy.optimize import least_squares
 
@@ -84,7 +86,8 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
         return pred / time_ms - 1.0
 
     with np.errstate(over="ignore", invalid="ignore"):
-        result = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", max_nfev=20000)
+        result = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", max_nfev=20000,
+                               loss=family.loss, f_scale=family.loss_scale)
     return family.finalize(params_of(result.x), arrays)
 
 
