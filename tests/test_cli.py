@@ -168,10 +168,6 @@ def test_fit_takes_provenance_from_env_json_and_refuses_to_overwrite(capsys, tmp
     assert load_profile(prof).device_name == "Other"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli.py cmd_fit: name defaults to args.out.rsplit('/', 1)[-1][:-5], "
-                   "which assumes a '.json' suffix: `--out prof` gives name '' and writes a profile that "
-                   "load_profile then rejects ('name' must be a non-empty string); use "
-                   "os.path.splitext(os.path.basename(out))[0]")
 def test_fit_out_without_json_suffix_is_loadable(capsys, tmp_path, measured_csv):
     table, _ = measured_csv
     prof = str(tmp_path / "prof")
@@ -268,9 +264,6 @@ def test_bad_input_is_one_line_and_exit_2(capsys, files, case):
         assert needle in err, (needle, err)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli.py main: fit_profile raises ValueError for a table "
-                   "without usable time_ms, which main() does not catch -> traceback and exit 1; catch "
-                   "it (or raise LayerTableError/CliError in cmd_fit)")
 def test_fit_without_times_is_a_user_error(capsys, files):
     rc, out, err = run(capsys, "fit", files["good"], "--out", files["dir"] + "/p.json")
     assert rc == 2 and "time_ms" in err and err.count("\n") == 1

@@ -29,15 +29,16 @@ def test_shipped_profile_is_reproduced_by_fit(name, csv):
 def test_axes_family_classes_and_monotone_in_size():
     fam = get_family("axes")
     p = load_profile("h100-fp32", warn_device=False).parameters
-    one = np.ones(4, dtype=np.int64)
-    arrays = make_arrays(is_linear=[True, False, False, False], N=[64] * 4, Cin=[256, 256, 256, 256],
-                         Cout=[256] * 4, Hin=[1, 14, 14, 14], Win=[1, 14, 14, 14], Hout=[1, 14, 14, 14],
-                         Wout=[1, 14, 14, 14], K1=[1, 1, 3, 3], K2=[1, 1, 3, 3], stride=one,
-                         groups=[1, 1, 1, 256], itemsize=4 * one)
-    assert fam.classify(arrays).tolist() == [0, 1, 2, 3]  # linear, conv1x1, convkxk, grouped
+    one = np.ones(5, dtype=np.int64)
+    arrays = make_arrays(is_linear=[True, False, False, False, False], N=[64] * 5, Cin=[256] * 5,
+                         Cout=[256] * 5, Hin=[1, 14, 14, 14, 14], Win=[1, 14, 14, 14, 14],
+                         Hout=[1, 14, 14, 14, 14], Wout=[1, 14, 14, 14, 14], K1=[1, 1, 3, 3, 3],
+                         K2=[1, 1, 3, 3, 3], stride=one, groups=[1, 1, 1, 8, 256], itemsize=4 * one)
+    # linear, conv1x1, convkxk, grouped (32 channels a group), depthwise (one channel a group)
+    assert fam.classify(arrays).tolist() == [0, 1, 2, 3, 4]
     small = fam.predict_ms(arrays, p)
     big = fam.predict_ms(make_arrays(**{**{f: getattr(arrays, f) for f in arrays.__dataclass_fields__},
-                                        "N": np.full(4, 128)}), p)
+                                        "N": np.full(5, 128)}), p)
     assert np.all(small > 0) and np.all(big > small)  # twice the batch costs more
 
 

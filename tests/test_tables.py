@@ -158,9 +158,6 @@ def test_malformed_tables_name_line_and_column(case):
         assert needle in msg, (needle, msg)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG tables.py _positive_ints: a value beyond int64 makes "
-                   "np.asarray raise OverflowError, the per-value loop finds nothing wrong (int() has no "
-                   "limit) and the function returns None -> TypeError later instead of LayerTableError")
 def test_integer_overflow_is_a_table_error():
     with pytest.raises(LayerTableError, match="'Cin'"):
         parse_layer_table(f"{HEAD}\n99999999999999999999,8,8,8,3,3\n", "t.csv")

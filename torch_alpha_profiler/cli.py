@@ -61,6 +61,13 @@ def _forward(model, batch: int, size, profile, run: str):
     return p
 
 
+def _stem(path: str) -> str:
+    """A profile name from an output path: its file name without the extension."""
+    import os
+
+    return os.path.splitext(os.path.basename(path))[0] or "profile"
+
+
 def _emit(text: str, out: Optional[str]) -> None:
     if out:
         with open(out, "w", encoding="utf-8") as f:
@@ -171,7 +178,9 @@ def cmd_fit(args) -> int:
     if args.dtype:
         provenance["dtype"] = args.dtype
     provenance["source"] = args.table
-    profile = fit_profile(table, family=args.family, name=args.name or args.out.rsplit("/", 1)[-1][:-5],
+    if table.time_ms is None or not (table.time_ms > 0).any():
+        raise CliError(f"{args.table}: no positive 'time_ms' values to fit")
+    profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
                           provenance=provenance)
     profile.save(args.out, overwrite=args.force)
     fit = profile.provenance["fit"]
@@ -240,7 +249,7 @@ def cmd_calibrate(args) -> int:
         env = json.load(f)
     env.update(source=raw, measurement_env=raw + ".env.json")
     profile = fit_profile(read_layer_table(raw), family=args.family,
-                          name=args.name or args.out.rsplit("/", 1)[-1], provenance=env)
+                          name=args.name or _stem(args.out), provenance=env)
     profile.save(args.out + ".json", overwrite=args.force)
     fit = profile.provenance["fit"]
     sys.stderr.write(f"fitted {args.family}: MAPE {fit['mape_pct']:.1f}%, Spearman {fit['spearman']:.3f}; "

@@ -54,7 +54,7 @@ def _positive_ints(values: Sequence[str], name: str, source: str, allow_zero=Fal
     if arr is None or bad.any():
         for i, v in enumerate(values):
             try:
-                ok = int(v) >= (0 if allow_zero else 1)
+                ok = (0 if allow_zero else 1) <= int(v) < 2 ** 63
             except ValueError:
                 ok = False
             if not ok:
