@@ -32,8 +32,14 @@ def _profile_model(name: str, batch: int, size, profile, device: str):
     from .shapes import resolve_device
     from .zoo import build_model
 
+    import torch
+
     run = resolve_device(device, batch, size)
     model = build_model(name, device="meta" if run == "hybrid" else run)
+    # profiles are per dtype (bytes moved, channel alignment): run the model in the profile's dtype
+    dtype = getattr(torch, profile.dtype, torch.float32)
+    if dtype != torch.float32:
+        model = model.to(dtype)
     if run == "hybrid":
         try:
             return _forward(model, batch, size, profile, "hybrid")
@@ -52,10 +58,11 @@ def _forward(model, batch: int, size, profile, run: str):
     from .profiler import AlphaProfiler
     from .shapes import ShapeOnlyMode
 
+    dtype = next((t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
     if run == "hybrid":
-        x, mode = torch.zeros(batch, 3, *size), ShapeOnlyMode()
+        x, mode = torch.zeros(batch, 3, *size, dtype=dtype), ShapeOnlyMode()
     else:
-        x, mode = torch.randn(batch, 3, *size, device=run), contextlib.nullcontext()
+        x, mode = torch.randn(batch, 3, *size, device=run, dtype=dtype), contextlib.nullcontext()
     with AlphaProfiler(model, profile=profile) as p, torch.no_grad(), mode:
         model(x)
     return p
