@@ -146,6 +146,13 @@ def cmd_compare(args) -> int:
             r["rank_flops"], r["rank_time"] = a, b
     key = {"time": "predicted_ms", "flops": "flops", "alpha": "alpha_flops"}[args.sort]
     rows.sort(key=lambda r: (r["batch"], r[key]))
+    if args.plot:
+        from .plots import compare_plot
+
+        try:
+            compare_plot(rows, args.plot, profile.name)
+        except ImportError as e:
+            raise CliError(str(e)) from None
     if args.format == "json":
         _emit(json.dumps(rows, indent=1), args.out)
     elif args.format == "csv":
@@ -295,6 +302,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+")
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--sort", default="time", choices=("time", "flops", "alpha"))
+    p.add_argument("--plot", metavar="PNG", help="also save a FLOPs vs predicted-time scatter (needs matplotlib)")
     model_options(p)
     p.set_defaults(func=cmd_compare)
 
