@@ -318,3 +318,16 @@ def test_resume_into_an_empty_file_writes_the_header(tmp_path):
     measure_plan(p, str(out), device="cpu", timer=timer, progress=timer.progress)
     rows = read_csv(str(out))
     assert [r["Cin"] for r in rows] == ["1", "2"]
+
+
+def test_calibrate_from_python_saves_raw_then_profile_and_refuses_to_overwrite(tmp_path):
+    from torch_alpha_profiler.calibrate import calibrate
+
+    prefix = str(tmp_path / "cpu-prof")
+    profile = calibrate(prefix, device="cpu", family="paper", scale=0)
+    assert profile.name == "cpu-prof" and profile.provenance["n_measurements"] == 14  # the tiny plan
+    assert (tmp_path / "cpu-prof.csv").exists() and (tmp_path / "cpu-prof.json").exists()
+    before = (tmp_path / "cpu-prof.csv").read_text()
+    with pytest.raises(FileExistsError):
+        calibrate(prefix, device="cpu", family="paper", scale=0)
+    assert (tmp_path / "cpu-prof.csv").read_text() == before  # refused before measuring anything

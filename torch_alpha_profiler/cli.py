@@ -246,28 +246,20 @@ def cmd_profiles(args) -> int:
 def cmd_calibrate(args) -> int:
     import torch
 
-    from .calibrate.measure import measure_plan
+    from .calibrate import calibrate
     from .calibrate.plan import make_plan
-    from .fit import fit_profile
-    from .tables import read_layer_table
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError("--device cuda, but no CUDA device is available")
-    raw = args.out + ".csv"
-    plan = make_plan(scale=args.scale, seed=args.seed)
     t0 = time.monotonic()
-    measure_plan(plan, raw, device=args.device, dtype=args.dtype, resume=not args.restart,
-                 progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"))
-    sys.stderr.write(f"measured {len(plan)} layers in {time.monotonic() - t0:.0f} s; raw times in {raw}\n")
-    with open(raw + ".env.json") as f:
-        env = json.load(f)
-    env.update(source=raw, measurement_env=raw + ".env.json")
-    profile = fit_profile(read_layer_table(raw), family=args.family,
-                          name=args.name or _stem(args.out), provenance=env)
-    profile.save(args.out + ".json", overwrite=args.force)
+    profile = calibrate(args.out, device=args.device, dtype=args.dtype, family=args.family,
+                        scale=args.scale, seed=args.seed, resume=not args.restart, overwrite=args.force,
+                        name=args.name or _stem(args.out),
+                        progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"))
     fit = profile.provenance["fit"]
-    sys.stderr.write(f"fitted {args.family}: MAPE {fit['mape_pct']:.1f}%, Spearman {fit['spearman']:.3f}; "
-                     f"wrote {args.out}.json\n")
+    sys.stderr.write(f"measured {len(make_plan(scale=args.scale, seed=args.seed))} layers and fitted "
+                     f"{args.family} in {time.monotonic() - t0:.0f} s: MAPE {fit['mape_pct']:.1f}%, "
+                     f"Spearman {fit['spearman']:.3f}; raw times in {args.out}.csv, profile {args.out}.json\n")
     return 0
 
 
