@@ -48,6 +48,7 @@ class AlphaProfiler:
         self._handles: list = []
         self._costed: Optional[List[LayerRecord]] = None
         self._modules: List[nn.Module] = []
+        self._hooked: List[tuple] = []  # (name, module type) of every costed layer hooked
 
     # ------------------------------------------------------------------ hooks
     def __enter__(self) -> "AlphaProfiler":
@@ -65,6 +66,7 @@ class AlphaProfiler:
             for name, module in modules:
                 entry = registry.resolve(type(module))
                 if entry is not None:
+                    self._hooked.append((name, type(module).__name__))
                     self._handles.append(module.register_forward_hook(
                         self._record_hook(name, *entry), with_kwargs=True))
                 elif registry.is_uncosted_compute(module):
@@ -97,7 +99,8 @@ class AlphaProfiler:
             # keep only immutable facts (torch.Size, dtype, device) and the module; the
             # frozen LayerRecord is built when results are first read (_recorded): a hook
             # call costs 2 us instead of 8 us, 1-2% of a meta forward pass
-            calls.append((extract, name, module, x.shape, output.shape, x.dtype, x.device))
+            # the output's dtype is what the layer computed in (autocast changes it)
+            calls.append((extract, name, module, x.shape, output.shape, output.dtype, x.device))
             self._costed = None
 
         return hook
@@ -159,8 +162,14 @@ class AlphaProfiler:
         return float(sum(r.predicted_ms for r in self.records))
 
     def not_costed(self) -> List[NotCosted]:
-        """Calls of compute layers with no cost formula (Conv1d, Conv3d, ConvTranspose2d, ...)."""
-        return list(self._not_costed)
+        """Calls with no cost formula (Conv1d, Conv3d, ConvTranspose2d, ...), then costed
+        layers that were never called: unused, or their weights were used functionally
+        (torchvision's Swin attention calls F.linear on its qkv weights)."""
+        called = {r.name for r in self._recorded()}
+        uncalled = [NotCosted(name, kind, (), "never called in the profiled forward: unused, or "
+                              "its weights were used functionally (e.g. F.linear)")
+                    for name, kind in self._hooked if name not in called]
+        return list(self._not_costed) + uncalled
 
     def by_module(self) -> Dict[str, Dict[str, float]]:
         """Totals per module and each of its parents ('' is the whole model)."""
@@ -191,17 +200,17 @@ class AlphaProfiler:
         """Per-layer table (see report.layer_table): one unit per column."""
         from .report import layer_table
 
-        return layer_table(self.records, depth=depth, top_k=top_k, not_costed=self._not_costed)
+        return layer_table(self.records, depth=depth, top_k=top_k, not_costed=self.not_costed())
 
     def summary(self) -> Dict[str, object]:
         from .report import summary
 
-        return summary(self.records, self.profile, self._not_costed)
+        return summary(self.records, self.profile, self.not_costed())
 
     def to_json(self) -> str:
         from .report import to_json
 
-        return to_json(self.records, self.profile, self._not_costed)
+        return to_json(self.records, self.profile, self.not_costed())
 
     def to_csv(self) -> str:
         from .report import to_csv
