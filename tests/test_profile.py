@@ -214,3 +214,21 @@ def test_auto_picks_the_builtin_for_the_current_gpu(monkeypatch):
     # no float16 profile for this GPU
     with pytest.raises(ProfileError, match="Quadro T2000 and dtype float16"):
         profile_mod.auto_profile("float16")
+
+
+@pytest.mark.parametrize("path,value,field", [
+    (("parameters", "time_scale_ms_per_mmac"), -0.0375, "parameters.time_scale_ms_per_mmac"),
+    (("parameters", "classes", "k1", "gamma"), -3.0, "parameters.classes.k1.gamma"),
+    (("parameters", "classes", "kgt1", "beta"), -0.1, "parameters.classes.kgt1.beta"),
+    (("parameters", "overhead_ms"), -1.0, "parameters.overhead_ms"),
+    (("provenance", "dtype"), "int8", "provenance.dtype"),
+    (("provenance", "device_name"), {"a": 1}, "provenance.device_name"),
+])
+def test_values_outside_their_meaning_are_refused(tmp_path, t2000_doc, path, value, field):
+    doc = copy.deepcopy(t2000_doc)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ProfileError, match=field.replace(".", r"\.")):
+        load_profile(_write(tmp_path, doc), warn_device=False)

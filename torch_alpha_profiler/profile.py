@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 SCHEMA_VERSION = 1
 REQUIRED_PROVENANCE = ("device_name", "dtype", "date", "source")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 class ProfileError(ValueError):
@@ -122,16 +123,47 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
             raise ProfileError(f"{where}: missing object field 'parameters.classes.{cls}'")
         for p in family.class_params:
             _number(classes[cls], p, f"{where}: parameters.classes.{cls}")
+    _check_ranges(family, params, where)
     prov = doc.get("provenance")
     if not isinstance(prov, Mapping):
         raise ProfileError(f"{where}: missing object field 'provenance'")
     for key in REQUIRED_PROVENANCE:
         if key not in prov:
             raise ProfileError(f"{where}: missing field 'provenance.{key}'")
+    for key in ("device_name", "dtype", "source"):
+        if not isinstance(prov[key], str):
+            raise ProfileError(f"{where}: field 'provenance.{key}' must be a string")
+    if prov["dtype"] not in DTYPES:
+        raise ProfileError(f"{where}: field 'provenance.dtype' is {prov['dtype']!r}; "
+                           f"expected one of {', '.join(DTYPES)}")
+    fit_data = doc.get("fit_data")
+    if fit_data is not None and not isinstance(fit_data, Mapping):
+        raise ProfileError(f"{where}: field 'fit_data' must be an object")
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
-        provenance=prov, fit_data=doc.get("fit_data"), schema_version=version,
+        provenance=prov, fit_data=fit_data, schema_version=version,
     )
+
+
+def _check_ranges(family, params: Mapping, where: str) -> None:
+    """Every parameter inside the box its family fits it in (so predictions stay meaningful)."""
+    def value(key):
+        if "." in key:
+            cls, name = key.split(".", 1)
+            return params["classes"][cls][name]
+        return params[key]
+
+    for key, box in family.bounds().items():
+        v = value(key)
+        if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
+            field = f"parameters.classes.{key}" if "." in key else f"parameters.{key}"
+            raise ProfileError(f"{where}: field '{field}' is {v!r}, outside its valid range "
+                               f"[{box.lo:g}, {box.hi:g}]")
+    for key in family.global_params:
+        if key != "overhead_ms" and params[key] <= 0:
+            raise ProfileError(f"{where}: field 'parameters.{key}' must be positive, got {params[key]!r}")
+    if params["overhead_ms"] < 0:
+        raise ProfileError(f"{where}: field 'parameters.overhead_ms' must not be negative")
 
 
 def builtin_names() -> List[str]:
