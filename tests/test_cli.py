@@ -248,7 +248,10 @@ BAD_INPUT = {
                                        ["corrupt.json", "not valid JSON"]),
     "corrupt profile file (profile)": (["profile", "resnet18", "--profile", "{corrupt}"], ["not valid JSON"]),
     "unknown profile": (["compare", "resnet18", "--profile", "no-such-gpu"], ["no profile 'no-such-gpu'"]),
-    "unknown family": (["fit", "{timed}", "--out", "{dir}/p.json", "--family", "nope"], ["nope"]),
+    "directory as profile": (["predict", "--profile", "{dir}", "--csv", "{good}"], ["Is a directory"]),
+    "output in a missing folder": (["fit", "{timed}", "--out", "{dir}/no/p.json"], ["No such file"]),
+    "factory that fails": (["profile", "torch.nn:Linear"], ["cannot build model", "in_features"]),
+    "three input sizes": (["profile", "resnet18", "--input-size", "1", "2", "3"], ["--input-size"]),
 }
 
 
@@ -274,3 +277,15 @@ def test_usage_errors_exit_2(capsys):
         cli.main(["profile"])
     assert info.value.code == 2
     assert "usage" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["fit", "x.csv", "--out", "p.json", "--family", "nope"],
+                                  ["profile", "resnet18", "--batch", "0"],
+                                  ["compare", "resnet18", "--batch", "-3"],
+                                  ["profile", "resnet18", "--input-size", "0"]])
+def test_bad_option_values_are_usage_errors(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage" in err and "Traceback" not in err

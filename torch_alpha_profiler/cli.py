@@ -24,6 +24,8 @@ def _input_size(args, name: str):
     if not args.input_size:
         return default_input_size(name)
     size = args.input_size
+    if len(size) > 2:
+        raise CliError(f"--input-size takes a height and at most a width, got {len(size)} numbers")
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
@@ -47,7 +49,12 @@ def _profile_model(name: str, batch: int, size, profile, device: str):
             if device != "auto":
                 raise
             run = "meta"  # an op the hybrid pass cannot run: meta gives the same shapes
-    return _forward(model, batch, size, profile, run)
+    try:
+        return _forward(model, batch, size, profile, run)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CliError(f"the forward pass of {name!r} on a {batch}x3x{size[0]}x{size[1]} input failed: "
+                       f"{first}") from None
 
 
 def _forward(model, batch: int, size, profile, run: str):
@@ -175,25 +182,34 @@ def cmd_compare(args) -> int:
 
 
 def cmd_fit(args) -> int:
+    import math
+
     from .fit import fit_profile
-    from .tables import read_layer_table
+    from .tables import read_layer_table, with_default_dtype
 
     table = read_layer_table(args.table)
     provenance = {}
     env_path = args.table + ".env.json"
     try:
         with open(env_path) as f:
-            provenance.update(json.load(f))
-        provenance["measurement_env"] = env_path
+            env = json.load(f)
     except FileNotFoundError:
-        pass
+        env = None
+    except ValueError as e:
+        raise CliError(f"{env_path}: not valid JSON ({e})") from None
+    if env is not None:
+        if not isinstance(env, dict):
+            raise CliError(f"{env_path}: expected a JSON object")
+        provenance.update(env, measurement_env=env_path)
     if args.device_name:
         provenance["device_name"] = args.device_name
     if args.dtype:
         provenance["dtype"] = args.dtype
     provenance["source"] = args.table
-    if table.time_ms is None or not (table.time_ms > 0).any():
-        raise CliError(f"{args.table}: no positive 'time_ms' values to fit")
+    provenance.setdefault("dtype", "float32")
+    table = with_default_dtype(table, provenance["dtype"])
+    if table.time_ms is None or not any(math.isfinite(t) and t > 0 for t in table.time_ms):
+        raise CliError(f"{args.table}: no positive, finite 'time_ms' values to fit")
     profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
                           provenance=provenance)
     profile.save(args.out, overwrite=args.force)
@@ -206,11 +222,12 @@ def cmd_fit(args) -> int:
 def cmd_predict(args) -> int:
     from .cost import evaluate
     from .profile import load_profile
-    from .tables import read_layer_table, write_predictions
+    from .tables import read_layer_table, with_default_dtype, write_predictions
 
     profile = load_profile(args.profile)
     t0 = time.perf_counter()
-    table = read_layer_table(args.csv)
+    # rows without a dtype column are in the profile's dtype
+    table = with_default_dtype(read_layer_table(args.csv), profile.dtype)
     t1 = time.perf_counter()
     costs = evaluate(table.arrays, profile)
     t2 = time.perf_counter()
@@ -264,6 +281,17 @@ def cmd_calibrate(args) -> int:
 
 
 # ------------------------------------------------------------------ parser
+def _positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def create_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alpha-profiler",
@@ -273,7 +301,7 @@ def create_parser() -> argparse.ArgumentParser:
 
     def model_options(p):
         p.add_argument("--profile", default="t2000-paper", help="built-in profile name or JSON path")
-        p.add_argument("--input-size", type=int, nargs="+", metavar="PX",
+        p.add_argument("--input-size", type=_positive, nargs="+", metavar="PX",
                        help="input height [width] (default: the model's own, e.g. 224)")
         p.add_argument("--device", default="auto", choices=("auto", "hybrid", "meta", "cpu"),
                        help="how to run the shape-only forward: hybrid (meta weights, CPU activations, "
@@ -284,15 +312,15 @@ def create_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="per-layer alpha-FLOPs table of one model")
     p.add_argument("model", help="torchvision model name or module:callable")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--depth", type=int, help="merge layers below this module depth")
-    p.add_argument("--top-k", type=int, help="show only the k slowest rows")
+    p.add_argument("--batch", type=_positive, default=1)
+    p.add_argument("--depth", type=_positive, help="merge layers below this module depth")
+    p.add_argument("--top-k", type=_positive, help="show only the k slowest rows")
     model_options(p)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("compare", help="compare models by FLOPs, alpha-FLOPs and predicted time")
     p.add_argument("models", nargs="+")
-    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--batch", type=_positive, nargs="+", default=[1])
     p.add_argument("--sort", default="time", choices=("time", "flops", "alpha"))
     p.add_argument("--plot", metavar="PNG", help="also save a FLOPs vs predicted-time scatter (needs matplotlib)")
     model_options(p)
@@ -301,7 +329,8 @@ def create_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="fit a profile to a measured layer table")
     p.add_argument("table", help="layer-table CSV with a time_ms column")
     p.add_argument("--out", required=True, help="profile JSON to write")
-    p.add_argument("--family", default="paper", help="model family (paper, axes)")
+    p.add_argument("--family", default="paper", choices=("paper", "axes", "flops"),
+                   help="model family (default: paper; axes is the calibrated one)")
     p.add_argument("--name", help="profile name (default: the output file's stem)")
     p.add_argument("--device-name", help="device the times were measured on")
     p.add_argument("--dtype", help="dtype the times were measured in")
@@ -342,9 +371,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torchvision's init warnings
             return args.func(args)
-    except (CliError, ProfileError, LayerTableError, ModelError, FileExistsError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        sys.stderr.write(f"alpha-profiler: error: {msg}\n")
-        return EXIT_USER_ERROR
     except BrokenPipeError:
         return 0
+    except (CliError, ProfileError, LayerTableError, ModelError, FileExistsError) as e:
+        sys.stderr.write(f"alpha-profiler: error: {e}\n")
+        return EXIT_USER_ERROR
+    except OSError as e:  # a missing, unreadable or unwritable file the user named
+        sys.stderr.write(f"alpha-profiler: error: {e.filename or ''}: {e.strerror or e}\n")
+        return EXIT_USER_ERROR
+    except UnicodeDecodeError as e:
+        sys.stderr.write(f"alpha-profiler: error: input is not UTF-8 text ({e.reason} at byte {e.start})\n")
+        return EXIT_USER_ERROR

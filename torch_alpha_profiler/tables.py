@@ -394,9 +394,25 @@ def _parse(text: str, data: bytes, source: str) -> LayerTable:
         stride=np.where(lin, one, np.maximum(sh, sw)), groups=np.where(lin, one, groups),
         itemsize=itemsize,
     )
+    too_big = np.nonzero(arrays.S.astype(np.float64) * arrays.Cout * (arrays.Cin // arrays.groups)
+                         * arrays.K >= 2.0 ** 62)[0]
+    if too_big.size:
+        i = int(too_big[0])
+        raise LayerTableError(f"{source} line {i + 2}: the layer's multiply-accumulates overflow 64-bit "
+                              "integers; check its sizes")
     time_ms = cols.floats("time_ms") if "time_ms" in cols.columns else None
     return LayerTable(arrays=arrays, time_ms=time_ms, header=cols.header, columns=cols.columns,
                       source=source, row_text=cols.row_text)
+
+
+def with_default_dtype(table: LayerTable, dtype: str) -> LayerTable:
+    """``table`` with element sizes of ``dtype`` when it has no ``dtype`` column of its own."""
+    import dataclasses
+
+    if "dtype" in table.header:
+        return table
+    sizes = np.full(len(table), itemsize_of(dtype), dtype=np.int64)
+    return dataclasses.replace(table, arrays=dataclasses.replace(table.arrays, itemsize=sizes))
 
 
 def parse_layer_table(text: str, source: str = "<table>") -> LayerTable:

@@ -54,8 +54,11 @@ def build_model(name: str, device: str = "meta") -> nn.Module:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
             raise ModelError(f"cannot load model {name!r}: {e}") from None
-        with torch.device(device):
-            model = factory()
+        try:
+            with torch.device(device):
+                model = factory()
+        except Exception as e:  # the user's factory: report it in one line
+            raise ModelError(f"cannot build model {name!r}: {type(e).__name__}: {e}") from None
         if not isinstance(model, nn.Module):
             raise ModelError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model.eval()
