@@ -193,19 +193,9 @@ def _fit(table, family, arrays=None):
 
 def cross_validate(table, family, folds=5, seed=0):
     """Predictions for each calibration point from a fit that did not see it."""
-    import numpy as np
+    from compare_forms import cross_validate as cv
 
-    from torch_alpha_profiler.families import get_family
-    from torch_alpha_profiler.fit import fit_parameters
-    from torch_alpha_profiler.layers import take
-
-    fam = get_family(family)
-    fold = np.random.default_rng(seed).integers(0, folds, len(table))
-    pred = np.zeros(len(table))
-    for k in range(folds):
-        params = fit_parameters(fam, take(table.arrays, fold != k), table.time_ms[fold != k])
-        pred[fold == k] = fam.predict_ms(take(table.arrays, fold == k), params)
-    return pred
+    return cv(table, family, {}, folds=folds, seed=seed)
 
 
 def model_sums(data, dtype, predict):

@@ -264,19 +264,17 @@ def cmd_calibrate(args) -> int:
     import torch
 
     from .calibrate import calibrate
-    from .calibrate.plan import make_plan
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError("--device cuda, but no CUDA device is available")
     t0 = time.monotonic()
     profile = calibrate(args.out, device=args.device, dtype=args.dtype, family=args.family,
                         scale=args.scale, seed=args.seed, resume=not args.restart, overwrite=args.force,
-                        name=args.name or _stem(args.out),
-                        progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"))
+                        name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"))
     fit = profile.provenance["fit"]
-    sys.stderr.write(f"measured {len(make_plan(scale=args.scale, seed=args.seed))} layers and fitted "
-                     f"{args.family} in {time.monotonic() - t0:.0f} s: MAPE {fit['mape_pct']:.1f}%, "
-                     f"Spearman {fit['spearman']:.3f}; raw times in {args.out}.csv, profile {args.out}.json\n")
+    sys.stderr.write(f"measured {profile.provenance['n_measurements']} layers and fitted {args.family} in "
+                     f"{time.monotonic() - t0:.0f} s: MAPE {fit['mape_pct']:.1f}%, Spearman "
+                     f"{fit['spearman']:.3f}; raw times in {args.out}.csv, profile {args.out}.json\n")
     return 0
 
 

@@ -2,11 +2,13 @@
 
 A family names its layer classes, the parameters each class carries and the
 global parameters, and predicts per-layer ``alpha`` and milliseconds with
-numpy over all layers at once. Every family shares one convention:
+numpy over all layers at once. The paper and FLOPs families predict
 
     predicted_ms = overhead_ms + time_scale_ms_per_mmac * alpha * MACs / 1e6
 
-so alpha-FLOPs = alpha x FLOPs are "FLOPs at the time scale's rate".
+and the axes family adds its per-class floor instead of one overhead
+(ms = t0_c + time_scale * alpha * MACs / 1e6); in all, alpha-FLOPs = alpha x
+FLOPs are "FLOPs at the time scale's rate".
 """
 from __future__ import annotations
 
@@ -133,9 +135,9 @@ AXES = (("S", "output positions N x H_out x W_out (rows for Linear)"),
 class AxesFamily(Family):
     """Per-axis corrections of FLOPs with a wave and a memory bound (calibrated family).
 
-    For a layer of class c (linear, conv1x1, convkxk, grouped):
+    For a layer of class c (linear, conv1x1, convkxk, grouped, depthwise):
 
-        compute = tau_c x MMACs x prod_a (1 + h_a / x_a) ** g_a x K ** k_exp / U ** wave_exp
+        compute = tau_c x MMACs x prod_a (1 + h_a / x_a) ** g_a x K ** k_exp x mis / U ** wave_exp
         memory  = bytes / bw
         ms      = t0_c + (compute ** p + memory ** p) ** (1 / p)
 
@@ -143,7 +145,9 @@ class AxesFamily(Family):
     and an exponent g_a: the paper's alpha_K(S) is this factor on the S axis
     alone (h_S = S_K (1 - beta) / beta, g_S = gamma). U = tiles / (waves x SMs)
     is the occupancy of the last wave of 128 x 128 output tiles over the
-    multiprocessors (wave quantization); bytes = input + output + weights.
+    multiprocessors (wave quantization); bytes = input + output + weights; mis is
+    mis_cin and/or mis_cout when a channel row is not a multiple of 16 bytes.
+    Depthwise layers (one channel a group) have their channel factors pinned to 1.
     """
 
     name = "axes"
@@ -174,7 +178,7 @@ class AxesFamily(Family):
             compute = compute * (1.0 + v["h_" + axis] / x[axis]) ** v["g_" + axis]
         compute = compute * arrays.K.astype(np.float64) ** v["k_exp"]
         # rows of channels that are not a multiple of 16 bytes cannot use the vectorized,
-        # tensor-core paths: a per-class penalty for each misaligned channel axis
+        # tensor-core paths: one global penalty for each misaligned channel axis
         for axis in ("cin", "cout"):
             misaligned = ((x[axis] * arrays.itemsize) % 16 != 0) & (arrays.Cin != arrays.groups)
             compute = compute * np.where(misaligned, float(params["mis_" + axis]), 1.0)

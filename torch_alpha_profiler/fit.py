@@ -1,4 +1,4 @@
-"""Fit a device profile to measured layer times (least squares on relative error)."""
+"""Fit a device profile to measured layer times (least squares on relative or log-ratio error)."""
 from __future__ import annotations
 
 import datetime as _dt
