@@ -158,6 +158,9 @@ class AxesFamily(Family):
                      "mis_cin", "mis_cout")
     description = "per-axis saturation of S, Cin/g, Cout/g; K power; wave quantization; memory bound"
     residual = "log"
+    # robust fit: log ratios beyond 0.3 (about 35% off; kernel-selection outliers) count linearly
+    loss = "huber"
+    loss_scale = 0.3
     # depthwise layers have one channel per group: their channel axes and alignment are constant
     FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
              "time_scale_ms_per_mmac": 1.0, "depthwise.h_cin": 1.0, "depthwise.g_cin": 0.0,
