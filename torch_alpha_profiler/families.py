@@ -164,7 +164,9 @@ class AxesFamily(Family):
     # depthwise layers have one channel per group: their channel axes and alignment are constant
     FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
              "time_scale_ms_per_mmac": 1.0, "depthwise.h_cin": 1.0, "depthwise.g_cin": 0.0,
-             "depthwise.h_cout": 1.0, "depthwise.g_cout": 0.0}
+             "depthwise.h_cout": 1.0, "depthwise.g_cout": 0.0,
+             # a free kernel power did not lower the cross-validated error (docs/forms.md)
+             **{f"{c}.k_exp": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")}}
 
     def classify(self, arrays):
         kxk = np.where(arrays.K > 1, 2, 1)

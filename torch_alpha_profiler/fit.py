@@ -51,11 +51,13 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     Minimizes the sum of squared residuals, predicted / measured - 1 (or
     ln(predicted / measured) for families with ``residual = "log"``), through
     the family's robust ``loss`` (scipy's least_squares); classes with no
-    measured layer keep their initial values. ``fixed`` pins parameters by key.
+    measured layer keep their initial values. ``fixed`` pins parameters by key (None
+    frees one the family pins).
     """
     from scipy.optimize import least_squares
 
     fixed = dict(getattr(family, "FIXED", {}), **(fixed or {}))
+    fixed = {k: v for k, v in fixed.items() if v is not None}  # None frees a family's pinned value
     bounds = family.bounds()
     for key, value in fixed.items():
         if key not in bounds:
