@@ -78,6 +78,12 @@ def machine_lines(info: Dict[str, str]) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
+def doc_header(raw_path: str, info: Dict[str, str]) -> List[str]:
+    """The opening lines of every generated doc section: the command, its raw output, the machine."""
+    return [f"Command: `{command_line()}` (raw timings: `{raw_path}`).", "", "Machine:", "",
+            machine_lines(info), ""]
+
+
 def md_table(headers: List[str], rows: List[List[str]]) -> str:
     """A GitHub markdown table; cells are already text."""
     align = ["---" if i == 0 else "---:" for i in range(len(headers))]

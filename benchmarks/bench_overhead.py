@@ -34,7 +34,7 @@ import time
 import warnings
 from typing import Callable, Dict, List
 
-from _bench_common import DATA, REPO, Measurement, command_line, machine, machine_lines, md_table, \
+from _bench_common import DATA, REPO, doc_header, Measurement, command_line, machine, machine_lines, md_table, \
     write_doc_section
 
 MODELS = ["resnet50", "mobilenet_v3_large", "vit_b_16", "densenet121"]
@@ -233,12 +233,7 @@ def main(argv=None) -> int:
         f"{p} ms (x AlphaProfiler)" for p in PEERS if p in args.tools]
     errors = sorted({(m.task["tool"], m.task["device"], m.error) for m in results if m.error})
     text = [
-        f"Command: `{command_line()}` (raw timings: `{os.path.relpath(args.csv, REPO)}`).",
-        "",
-        "Machine:",
-        "",
-        machine_lines(info),
-        "",
+        *doc_header(os.path.relpath(args.csv, REPO), info),
         f"Batch 1, default input size, one thread, median of {args.rounds} interleaved rounds "
         "after one warm-up each. Times in ms; in brackets, AlphaProfiler's ratio to the bare "
         "forward and each peer's ratio to AlphaProfiler (above 1: AlphaProfiler is faster). "

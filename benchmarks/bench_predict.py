@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from _bench_common import DATA, REPO, command_line, import_cost, machine, machine_lines, md_table, run_cli, \
+from _bench_common import DATA, REPO, doc_header, command_line, import_cost, machine, machine_lines, md_table, run_cli, \
     write_doc_section
 
 COLUMNS = ("kind", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride", "groups", "padding", "dilation", "dtype")
@@ -165,12 +165,7 @@ def main(argv=None) -> int:
                            f"{n / write / 1e6:.2f}" if write == write else "-",
                            f"{extra / 2**20:.0f}", f"{extra / n:.0f}"])
     text = "\n".join([
-        f"Command: `{command_line()}` (raw timings: `{os.path.relpath(args.csv, REPO)}`).",
-        "",
-        "Machine:",
-        "",
-        machine_lines(info),
-        "",
+        *doc_header(os.path.relpath(args.csv, REPO), info),
         f"`alpha-profiler predict --profile t2000-paper --csv big.csv --out out.csv` on seeded synthetic "
         f"layer tables ({max(args.rows):,} rows = {file_mb:.0f} MB of CSV), median of {args.repeat} runs. "
         f"Wall time is the whole command (interpreter start and `import torch` included: "

@@ -30,7 +30,7 @@ import time
 import warnings
 from typing import Dict, List
 
-from _bench_common import DATA, REPO, command_line, machine, machine_lines, md_table, run_cli, write_doc_section
+from _bench_common import DATA, REPO, doc_header, command_line, machine, machine_lines, md_table, run_cli, write_doc_section
 
 SWEEP_MODELS = ["resnet50", "mobilenet_v3_large", "vit_b_16", "densenet121", "vgg16", "efficientnet_b0",
                 "convnext_tiny", "swin_t"]
@@ -148,12 +148,7 @@ def cmd_devices(args) -> int:
     slow_meta = [m for m in sorted(per_model, key=gain, reverse=True)[:5] if gain(m) > 0]
     slow_hybrid = [m for m in sorted(per_model, key=gain)[:5] if gain(m) < 0]
     text = "\n".join([
-        f"Command: `{command_line()}` (raw timings: `{os.path.relpath(args.csv, REPO)}`).",
-        "",
-        "Machine:",
-        "",
-        machine_lines(info),
-        "",
+        *doc_header(os.path.relpath(args.csv, REPO), info),
         f"{len(per_model)} torchvision classification models, batch 1, default input size, one "
         "thread, each model built and profiled once per way (as `compare` does), in one process. "
         "Seconds summed over the zoo:",
@@ -247,12 +242,7 @@ def cmd_compare(args) -> int:
     labels = list(outputs)
     same = all(outputs[label] == outputs[labels[0]] for label in labels)
     text = "\n".join([
-        f"Command: `{command_line()}` (raw timings: `{os.path.relpath(args.csv, REPO)}`).",
-        "",
-        "Machine:",
-        "",
-        machine_lines(info),
-        "",
+        *doc_header(os.path.relpath(args.csv, REPO), info),
         f"`alpha-profiler compare` over all {len(models)} models of `zoo.classification_models()`, batch 1, "
         "`--format csv`, wall time of the whole command (start-up and imports included), "
         f"{args.repeat} run(s) each:",

@@ -32,8 +32,7 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
     """Vectorized cost of every layer in ``arrays`` under ``profile``."""
     family = get_family(profile.family)
     macs = arrays.macs
-    alpha = family.alpha(arrays, profile.parameters)
-    ms = family.predict_ms(arrays, profile.parameters)
+    alpha, ms = family.alpha_and_ms(arrays, profile.parameters)
     return CostArrays(
         macs=macs,
         flops=2 * macs,

@@ -61,6 +61,10 @@ class Family:
         return (float(params["overhead_ms"])
                 + float(params["time_scale_ms_per_mmac"]) * alpha * arrays.macs / 1e6)
 
+    def alpha_and_ms(self, arrays: LayerArrays, params: Params):
+        """(alpha, predicted ms) of every layer; families override it to share work."""
+        return self.alpha(arrays, params), self.predict_ms(arrays, params)
+
     def bounds(self) -> Dict[str, Bound]:
         """Fit boxes, keyed 'global_name' or 'class.param'."""
         raise NotImplementedError
@@ -202,9 +206,12 @@ class AxesFamily(Family):
         return t0 + body
 
     def alpha(self, arrays, params):
-        _, body = self._parts(arrays, params)
+        return self.alpha_and_ms(arrays, params)[0]
+
+    def alpha_and_ms(self, arrays, params):
+        t0, body = self._parts(arrays, params)
         mmacs = np.maximum(arrays.macs, 1) / 1e6
-        return body / (float(params["time_scale_ms_per_mmac"]) * mmacs)
+        return body / (float(params["time_scale_ms_per_mmac"]) * mmacs), t0 + body
 
     def bounds(self):
         b = {}

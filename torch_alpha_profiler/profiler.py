@@ -2,7 +2,7 @@
 
     with AlphaProfiler(model, profile="t2000-paper") as p:
         model(x)
-    print(p.table())
+    text = p.table()
 
 Hooks only record shapes (frozen :class:`LayerRecord`); they are removed on
 exit, also when the forward raises, and nothing is stored on the model.
@@ -173,28 +173,15 @@ class AlphaProfiler:
 
     def by_module(self) -> Dict[str, Dict[str, float]]:
         """Totals per module and each of its parents ('' is the whole model)."""
-        out: Dict[str, Dict[str, float]] = OrderedDict()
-        for r in self.records:
+        def keys(r):
             parts = r.name.split(".") if r.name else []
-            for depth in range(len(parts) + 1):
-                key = ".".join(parts[:depth])
-                acc = out.setdefault(key, {"calls": 0, "flops": 0, "alpha_flops": 0.0, "predicted_ms": 0.0})
-                acc["calls"] += 1
-                acc["flops"] += r.flops
-                acc["alpha_flops"] += r.alpha_flops
-                acc["predicted_ms"] += r.predicted_ms
-        return out
+            return [".".join(parts[:depth]) for depth in range(len(parts) + 1)]
+
+        return _totals(self.records, keys)
 
     def by_kind(self) -> Dict[str, Dict[str, float]]:
         """Totals per layer kind ('Conv2d', 'Linear')."""
-        out: Dict[str, Dict[str, float]] = OrderedDict()
-        for r in self.records:
-            acc = out.setdefault(r.kind, {"calls": 0, "flops": 0, "alpha_flops": 0.0, "predicted_ms": 0.0})
-            acc["calls"] += 1
-            acc["flops"] += r.flops
-            acc["alpha_flops"] += r.alpha_flops
-            acc["predicted_ms"] += r.predicted_ms
-        return out
+        return _totals(self.records, lambda r: [r.kind])
 
     def table(self, depth: Optional[int] = None, top_k: Optional[int] = None) -> str:
         """Per-layer table (see report.layer_table): one unit per column."""
@@ -222,3 +209,16 @@ class AlphaProfiler:
         from .report import to_dataframe
 
         return to_dataframe(self.records)
+
+
+def _totals(records, keys_of) -> Dict[str, Dict[str, float]]:
+    """Calls, FLOPs, alpha-FLOPs and ms summed under every key ``keys_of(record)`` lists."""
+    out: Dict[str, Dict[str, float]] = OrderedDict()
+    for r in records:
+        for key in keys_of(r):
+            acc = out.setdefault(key, {"calls": 0, "flops": 0, "alpha_flops": 0.0, "predicted_ms": 0.0})
+            acc["calls"] += 1
+            acc["flops"] += r.flops
+            acc["alpha_flops"] += r.alpha_flops
+            acc["predicted_ms"] += r.predicted_ms
+    return out

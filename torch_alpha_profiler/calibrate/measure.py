@@ -47,6 +47,12 @@ def environment(device: str, dtype: str) -> Dict[str, object]:
     return env
 
 
+def _pair(text: str):
+    """A layer-table value 'A' or 'AxB' as (height, width)."""
+    h, _, w = text.partition("x")
+    return int(h), int(w or h)
+
+
 def build_layer(r: Dict[str, str], device: str, dtype: str, seed: int = 0):
     """The module and a random input for one plan row."""
     import torch
@@ -62,15 +68,9 @@ def build_layer(r: Dict[str, str], device: str, dtype: str, seed: int = 0):
     else:
         k1, k2 = int(r["K1"]), int(r["K2"])
         pad = r.get("padding", "")
-        if pad == "":
-            padding = (k1 // 2, k2 // 2)
-        else:
-            ph, _, pw = pad.partition("x")
-            padding = (int(ph), int(pw or ph))
-        stride = r["stride"].partition("x")
-        dil = r.get("dilation", "1").partition("x")
-        layer = nn.Conv2d(cin, cout, (k1, k2), stride=(int(stride[0]), int(stride[2] or stride[0])),
-                          padding=padding, dilation=(int(dil[0]), int(dil[2] or dil[0])),
+        padding = (k1 // 2, k2 // 2) if pad == "" else _pair(pad)
+        layer = nn.Conv2d(cin, cout, (k1, k2), stride=_pair(r["stride"]), padding=padding,
+                          dilation=_pair(r.get("dilation", "1")),
                           groups=int(r["groups"]), bias=bias)
         x = torch.randn(n, cin, int(r["H"]), int(r["W"]), device=device, dtype=dt)
     layer = layer.to(device=device, dtype=dt).eval()
