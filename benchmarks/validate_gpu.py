@@ -323,9 +323,8 @@ WHERE_IT_MISSES = """
   above). The time of a layer is not a smooth function of its axes on this GPU: cuDNN and cuBLAS
   switch kernels from one shape to the next. Examples from the raw data: an fp32 grouped 3x3
   convolution with 64 channels in 2 groups at batch 32 takes 0.079 ms at 14x14 but 0.028 ms at
-  28x28; fp32 Linear 1024x1024 takes 8 us at 10 rows and 29 us at 91 rows. A flexible model that is
-  not shipped (gradient-boosted trees on the same log features, tried during development) also
-  stays at about 35% held-out MAPE, so the remaining error is mostly this kernel-selection noise.
+  28x28; fp32 Linear 1024x1024 takes 8 us at 10 rows and 29 us at 91 rows. No smooth function of
+  the axes follows such steps.
 - **Few-group convolutions in fp32** (RegNet-X, groups 2 to 4 with 16 to 48 channels per group, at
   batch 32 and 56x56 or larger) run 10 to 20 times slower than any smooth model predicts (up to
   2 ms for one layer); they are why regnet_x_400mf and regnet_x_3_2gf at batch 32 are
