@@ -143,7 +143,10 @@ def cmd_measure(args):
                 if config_key(r) not in calib][:args.heldout]
         measure_plan(rows, os.path.join(args.out_dir, f"heldout-{d}.csv"), device="cuda", dtype=d)
         print(f"held-out layers: {len(rows)} in {time.monotonic() - t0:.0f} s", flush=True)
-    if args.models:
+    if args.models and args.whole_only:
+        time_whole_models(args.models, args.batches, d, os.path.join(args.out_dir, f"models-{d}.csv"),
+                          args.model_budget_s)
+    elif args.models:
         layers = model_layers(args.models, args.batches)
         with open(os.path.join(args.out_dir, "model-layers.csv"), "w", newline="") as f:
             w = csv.writer(f)
@@ -392,6 +395,8 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--model-budget-s", type=float, default=240)
     p.add_argument("--repeat-heldout", action="store_true", help="time the held-out layers a second time, last")
+    p.add_argument("--whole-only", action="store_true",
+                   help="time only whole models (graph and eager), not each of their layers")
     p.set_defaults(func=cmd_measure)
     p = sub.add_parser("report", help="CPU: compare predictions with the measurements, write docs/accuracy.md")
     p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "data"))

@@ -212,11 +212,39 @@ def cmd_fit(args) -> int:
         raise CliError(f"{args.table}: no positive, finite 'time_ms' values to fit")
     profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
                           provenance=provenance)
+    if args.ops or args.host:
+        from dataclasses import replace
+
+        from .opfit import fit_host, fit_ops
+
+        extra = {}
+        if args.ops:
+            extra["ops"] = fit_ops(_read_rows(args.ops, ("cls", "nbytes", "time_ms")))
+            provenance["ops_source"] = args.ops
+        if args.host:
+            extra["host"] = fit_host(_read_rows(args.host, ("kind", "host_class", "host_us")))
+            provenance["host_source"] = args.host
+        profile = replace(profile, provenance=dict(profile.provenance, **provenance), **extra)
     profile.save(args.out, overwrite=args.force)
     fit = profile.provenance["fit"]
     sys.stderr.write(f"fitted {args.family} on {fit['n']} layers: MAPE {fit['mape_pct']:.1f}%, "
                      f"Spearman {fit['spearman']:.3f}; wrote {args.out}\n")
     return 0
+
+
+def _read_rows(path: str, required) -> list:
+    """The rows of a calibration CSV, checking that its header has the ``required`` columns."""
+    import csv
+
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or ())]
+            if missing:
+                raise CliError(f"{path}: missing column(s) {', '.join(missing)}")
+            return list(reader)
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
 
 
 def cmd_predict(args) -> int:
@@ -270,7 +298,8 @@ def cmd_calibrate(args) -> int:
     t0 = time.monotonic()
     profile = calibrate(args.out, device=args.device, dtype=args.dtype, family=args.family,
                         scale=args.scale, seed=args.seed, resume=not args.restart, overwrite=args.force,
-                        name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"))
+                        name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"),
+                        ops=not args.no_ops)
     fit = profile.provenance["fit"]
     sys.stderr.write(f"measured {profile.provenance['n_measurements']} layers and fitted {args.family} in "
                      f"{time.monotonic() - t0:.0f} s: MAPE {fit['mape_pct']:.1f}%, Spearman "
@@ -332,6 +361,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="profile name (default: the output file's stem)")
     p.add_argument("--device-name", help="device the times were measured on")
     p.add_argument("--dtype", help="dtype the times were measured in")
+    p.add_argument("--ops", metavar="CSV", help="also fit the op classes to this op-calibration CSV (PREFIX-ops.csv)")
+    p.add_argument("--host", metavar="CSV", help="also set eager host costs from this CSV (PREFIX-host.csv)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_fit)
 
@@ -355,6 +386,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore an existing PREFIX.csv instead of resuming")
     p.add_argument("--force", action="store_true", help="overwrite PREFIX.json if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-ops", action="store_true",
+                   help="time Conv2d/Linear layers only (no op classes, no eager host costs)")
     p.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 2 adds the optional 'ops' and 'host' sections
 REQUIRED_PROVENANCE = ("device_name", "dtype", "date", "source")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -34,6 +35,9 @@ class DeviceProfile:
     provenance: Mapping[str, Any]
     fit_data: Optional[Mapping[str, Any]] = field(default=None, compare=False)
     schema_version: int = SCHEMA_VERSION
+    # op cost classes beyond Conv2d/Linear (opcost.py), and eager-mode host costs (eager.py)
+    ops: Optional[Mapping[str, Any]] = None
+    host: Optional[Mapping[str, Any]] = None
 
     @property
     def time_scale_ms_per_mmac(self) -> float:
@@ -59,6 +63,10 @@ class DeviceProfile:
             "parameters": _plain(self.parameters),
             "provenance": _plain(self.provenance),
         }
+        if self.ops is not None:
+            doc["ops"] = _plain(self.ops)
+        if self.host is not None:
+            doc["host"] = _plain(self.host)
         if self.fit_data is not None:
             doc["fit_data"] = _plain(self.fit_data)
         return doc
@@ -100,9 +108,10 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     if not isinstance(doc, Mapping):
         raise ProfileError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     version = doc.get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise ProfileError(
-            f"{where}: field 'schema_version' is {version!r}; this version reads {SCHEMA_VERSION}")
+            f"{where}: field 'schema_version' is {version!r}; this version reads "
+            f"{', '.join(map(str, READABLE_VERSIONS))}")
     for key in ("name", "family"):
         if not isinstance(doc.get(key), str) or not doc.get(key):
             raise ProfileError(f"{where}: field '{key}' must be a non-empty string")
@@ -139,10 +148,71 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     fit_data = doc.get("fit_data")
     if fit_data is not None and not isinstance(fit_data, Mapping):
         raise ProfileError(f"{where}: field 'fit_data' must be an object")
+    ops, host = doc.get("ops"), doc.get("host")
+    if version < 2 and (ops is not None or host is not None):
+        raise ProfileError(f"{where}: fields 'ops' and 'host' need schema_version 2")
+    if ops is not None:
+        _check_ops(ops, where)
+    if host is not None:
+        _check_host(host, where)
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
-        provenance=prov, fit_data=fit_data, schema_version=version,
+        provenance=prov, fit_data=fit_data, schema_version=version, ops=ops, host=host,
     )
+
+
+def _check_ops(ops, where: str) -> None:
+    """The 'ops' section: stream classes and the matmul/attention axes parameters."""
+    from .opcost import MATRIX, STREAM_BOUNDS, STREAM_PARAMS
+    from .ops import STREAM_CLASSES
+
+    if not isinstance(ops, Mapping):
+        raise ProfileError(f"{where}: field 'ops' must be an object")
+    stream = ops.get("stream", {})
+    if not isinstance(stream, Mapping):
+        raise ProfileError(f"{where}: field 'ops.stream' must be an object")
+    for cls, p in stream.items():
+        if cls not in STREAM_CLASSES:
+            raise ProfileError(f"{where}: field 'ops.stream.{cls}' is not a stream class "
+                               f"({', '.join(STREAM_CLASSES)})")
+        if not isinstance(p, Mapping):
+            raise ProfileError(f"{where}: field 'ops.stream.{cls}' must be an object")
+        for key in STREAM_PARAMS:
+            v = _number(p, key, f"{where}: ops.stream.{cls}")
+            box = STREAM_BOUNDS[key]
+            if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
+                raise ProfileError(f"{where}: field 'ops.stream.{cls}.{key}' is {v!r}, outside its "
+                                   f"valid range [{box.lo:g}, {box.hi:g}]")
+    for cls in ("matmul", "attention"):
+        if cls not in ops:
+            continue
+        p = ops[cls]
+        sub = f"{where}: ops.{cls}"
+        if not isinstance(p, Mapping) or not isinstance(p.get("classes"), Mapping) \
+                or not isinstance(p["classes"].get("all"), Mapping):
+            raise ProfileError(f"{where}: field 'ops.{cls}' must be an object with 'classes.all'")
+        for key in MATRIX.global_params:
+            _number(p, key, sub)
+        for key in MATRIX.class_params:
+            _number(p["classes"]["all"], key, sub + ".classes.all")
+        _check_ranges(MATRIX, p, sub)
+    unknown = set(ops) - {"stream", "matmul", "attention", "fit"}
+    if unknown:
+        raise ProfileError(f"{where}: unknown field 'ops.{sorted(unknown)[0]}'")
+
+
+def _check_host(host, where: str) -> None:
+    """The 'host' section: per-launch CPU cost of each host class, per-module-call cost (us)."""
+    from .ops import HOST_CLASSES
+
+    if not isinstance(host, Mapping) or not isinstance(host.get("launch_us"), Mapping):
+        raise ProfileError(f"{where}: field 'host' must be an object with 'launch_us'")
+    for cls in HOST_CLASSES:
+        v = _number(host["launch_us"], cls, f"{where}: host.launch_us")
+        if v < 0:
+            raise ProfileError(f"{where}: field 'host.launch_us.{cls}' must not be negative")
+    if _number(host, "module_us", f"{where}: host") < 0:
+        raise ProfileError(f"{where}: field 'host.module_us' must not be negative")
 
 
 def _check_ranges(family, params: Mapping, where: str) -> None:

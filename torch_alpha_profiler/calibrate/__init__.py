@@ -15,11 +15,13 @@ from typing import Optional
 
 def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", family: str = "axes",
               scale: int = 1, seed: int = 0, resume: bool = True, overwrite: bool = False,
-              name: Optional[str] = None, timer=None, progress=None):
-    """Time the calibration plan on ``device`` and fit ``family``; returns the saved profile.
+              name: Optional[str] = None, timer=None, progress=None, ops: bool = True):
+    """Time the calibration plans on ``device`` and fit ``family``; returns the saved profile.
 
-    Raw times go to ``out_prefix + '.csv'`` as they are taken (an interrupted run
-    resumes there), provenance to ``.csv.env.json``, the profile to ``.json``.
+    Raw layer times go to ``out_prefix + '.csv'`` as they are taken (an
+    interrupted run resumes there), provenance to ``.csv.env.json``; with
+    ``ops``, the other operations' times to ``-ops.csv`` (resumed too) and the
+    CPU's eager launch costs to ``-host.csv``; the profile to ``.json``.
     Refuses to start when the profile file exists and ``overwrite`` is false.
     """
     import torch
@@ -42,5 +44,23 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     env.update(source=raw, measurement_env=raw + ".env.json")
     profile = fit_profile(read_layer_table(raw), family=family,
                           name=name or os.path.basename(out_prefix), provenance=env)
+    if ops:
+        from dataclasses import replace
+
+        from ..opfit import fit_host, fit_ops
+        from .measure import read_results
+        from .opmeasure import measure_host, measure_op_plan
+        from .opplan import host_plan, make_op_plan
+
+        ops_csv, host_csv = out_prefix + "-ops.csv", out_prefix + "-host.csv"
+        # scale 0 (a smoke test) times a few ops of each kind, small enough for a CPU
+        op_plan = make_op_plan(per_kind=24 * scale, seed=seed, matmuls=80 * scale, attention=40 * scale) \
+            if scale > 0 else make_op_plan(per_kind=2, seed=seed, matmuls=8, attention=8, max_elements=2 ** 16)
+        measure_op_plan(op_plan, ops_csv, device=device, dtype=dtype,
+                        timer=timer, resume=resume, progress=progress)
+        measure_host(host_plan(), host_csv, device=device, dtype=dtype)
+        profile = replace(profile, ops=fit_ops(list(read_results(ops_csv))),
+                          host=fit_host(list(read_results(host_csv))),
+                          provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv))
     profile.save(profile_path, overwrite=overwrite)
     return profile

@@ -1,0 +1,172 @@
+"""Time the operations of an op plan, and the CPU's per-launch cost, appending rows as they come.
+
+Each operation is first run once under :class:`~torch_alpha_profiler.capture.OpCapture`,
+so its cost class, bytes and matrix geometry are exactly what the profiler
+will see in a model; then it is timed with the same timer as the layers.
+Host (eager) costs: the smallest configuration of each kind, and a small
+Conv2d, Linear and identity module, called back to back without a graph; the
+CPU time per call is what launching costs, as the GPU work is shorter.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+from .measure import Progress
+from .opplan import OP_PLAN_COLUMNS, builder
+
+OP_RESULT_COLUMNS = OP_PLAN_COLUMNS + ("cls", "ops", "nbytes", "batch", "m", "k", "n", "dtype",
+                                       "time_ms", "iqr_ms", "calls", "status")
+HOST_COLUMNS = ("kind", "host_class", "host_us", "calls", "dtype", "device")
+
+
+def op_key(r: Dict[str, str]) -> str:
+    return ",".join(r[c] for c in OP_PLAN_COLUMNS)
+
+
+def captured_features(fn) -> Dict[str, str]:
+    """Cost class, aten ops, bytes and matrix geometry of ``fn()`` as the profiler records them."""
+    from ..capture import ModuleStack, OpCapture, to_records
+
+    stack = ModuleStack()
+    stack.frames.append(("", "calibration", False))
+    mode = OpCapture(stack, itertools.count())
+    with mode:
+        fn()
+    records = to_records(mode.calls)
+    if not records:
+        return {"cls": "", "ops": "", "nbytes": "0", "batch": "", "m": "", "k": "", "n": ""}
+    matrix = [p for r in records for p in r.pieces if p.cls in ("matmul", "attention")]
+    feats = {"cls": records[-1].op_class if not matrix else matrix[0].cls,
+             "ops": "+".join(r.op.split(".")[0] for r in records),
+             "nbytes": str(sum(r.nbytes for r in records))}
+    p = matrix[0] if matrix else None
+    feats.update({k: str(getattr(p, k)) if p else "" for k in ("batch", "m", "k", "n")})
+    return feats
+
+
+def measure_op_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cuda",
+                    dtype: str = "float32", timer=None, resume: bool = True,
+                    progress: Optional[Progress] = None) -> List[Dict[str, str]]:
+    """Time every op of ``plan`` on ``device``; rows are appended to ``out_csv`` as they are taken."""
+    import torch
+
+    from .timers import CpuTimer, CudaGraphTimer
+
+    if timer is None:
+        timer = CudaGraphTimer() if device.startswith("cuda") else CpuTimer()
+    done = set()
+    if resume and os.path.exists(out_csv):
+        with open(out_csv, newline="") as f:
+            done = {op_key(r) + "," + r.get("dtype", "") for r in csv.DictReader(f)
+                    if r.get("status") in ("ok", "oom")}
+    new_file = not resume or not os.path.exists(out_csv) or os.path.getsize(out_csv) == 0
+    dt = getattr(torch, dtype)
+    oom_errors = (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
+    results = []
+    with open(out_csv, "w" if new_file else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=OP_RESULT_COLUMNS, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+            f.flush()
+        for i, r in enumerate(plan):
+            if progress is not None:
+                progress(i, len(plan), r)
+            if op_key(r) + "," + dtype in done:
+                continue
+            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", status="ok")
+            fn = None
+            try:
+                torch.manual_seed(i)
+                _, build = builder(r["op"])
+                fn = build(tuple(int(r[f"d{j}"]) for j in range(4)), device, dt)
+                with torch.no_grad():
+                    out.update(captured_features(fn))
+                    m = timer.measure(fn)
+                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block))
+            except oom_errors:
+                out["status"] = "oom"
+            except RuntimeError as e:
+                out["status"] = "error: " + str(e).splitlines()[0][:100].replace(",", ";")
+            finally:
+                fn = None
+                if device.startswith("cuda") and out["status"] != "ok":
+                    torch.cuda.empty_cache()
+            writer.writerow(out)
+            f.flush()
+            results.append(out)
+        if progress is not None:
+            progress(len(plan), len(plan), {})
+    return results
+
+
+def _host_time_us(fn, device: str, calls: int = 300, warmup: int = 20, repeats: int = 5) -> float:
+    """Median over ``repeats`` of the wall time per call of ``calls`` eager calls, in us."""
+    import statistics
+
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1e6 / calls)
+    return statistics.median(samples)
+
+
+def host_modules(device: str, dtype: str):
+    """(kind, host class, zero-argument callable) for the module-level host measurements."""
+    import torch
+    from torch import nn
+
+    class Identity(nn.Module):
+        def forward(self, x):
+            return x
+
+    dt = getattr(torch, dtype)
+    x4 = torch.randn(1, 16, 4, 4, device=device, dtype=dt)
+    x2 = torch.randn(1, 16, device=device, dtype=dt)
+    conv = nn.Conv2d(16, 16, 3, padding=1).to(device=device, dtype=dt).eval()
+    linear = nn.Linear(16, 16).to(device=device, dtype=dt).eval()
+    ident = Identity()
+    return [("conv_module", "conv", lambda: conv(x4)),
+            ("linear_module", "linear", lambda: linear(x2)),
+            ("identity_module", "module", lambda: ident(x4))]
+
+
+def measure_host(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cuda",
+                 dtype: str = "float32", progress: Optional[Progress] = None) -> List[Dict[str, str]]:
+    """CPU time per eager call of each kind's smallest configuration; rewrites ``out_csv``."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    jobs = []
+    for r in plan:
+        cls, build = builder(r["op"])
+        jobs.append((r["op"], cls, build(tuple(int(r[f"d{j}"]) for j in range(4)), device, dt)))
+    jobs += host_modules(device, dtype)
+    rows = []
+    with open(out_csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HOST_COLUMNS)
+        writer.writeheader()
+        with torch.no_grad():
+            for i, (kind, cls, fn) in enumerate(jobs):
+                if progress is not None:
+                    progress(i, len(jobs), {"op": kind})
+                row = {"kind": kind, "host_class": cls, "host_us": f"{_host_time_us(fn, device):.4g}",
+                       "calls": "300", "dtype": dtype, "device": device}
+                writer.writerow(row)
+                f.flush()
+                rows.append(row)
+    if progress is not None:
+        progress(len(jobs), len(jobs), {})
+    return rows

@@ -1,0 +1,166 @@
+"""Which synthetic operations a calibration times, beyond Conv2d and Linear.
+
+An op plan row names an operation kind (:data:`KINDS`) and four sizes
+``d0..d3``: an activation ``N x C x H x W`` for the memory-bound kinds,
+``batch, m, k, n`` for ``bmm`` and ``batch, heads, seq, head_dim`` for ``sdpa``.
+Sizes grow geometrically over five decades of bytes (the one axis the stream
+classes are costed on) with channel and side counts as networks use them.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Dict, List, Tuple
+
+OP_PLAN_COLUMNS = ("sweep", "op", "d0", "d1", "d2", "d3")
+
+
+def _t(shape, device, dtype, positive=False):
+    import torch
+
+    x = torch.randn(*shape, device=device, dtype=dtype)
+    return x.abs_() + 0.5 if positive else x
+
+
+def _stream(fn: Callable, extra: Callable = None):
+    """A builder for an op on one N x C x H x W activation (``extra`` builds more inputs)."""
+
+    def build(d, device, dtype):
+        x = _t(d, device, dtype)
+        more = extra(d, device, dtype) if extra else ()
+        return lambda: fn(x, *more)
+
+    return build
+
+
+def _bn_params(d, device, dtype):
+    c = d[1]
+    return (_t((c,), device, dtype), _t((c,), device, dtype, positive=True),
+            _t((c,), device, dtype), _t((c,), device, dtype))
+
+
+def _build_layer_norm(d, device, dtype):
+    import torch.nn.functional as F
+
+    n, c, h, w = d
+    x = _t((n, h * w, c), device, dtype)
+    weight, bias = _t((c,), device, dtype), _t((c,), device, dtype)
+    return lambda: F.layer_norm(x, (c,), weight, bias)
+
+
+def _build_bmm(d, device, dtype):
+    import torch
+
+    b, m, k, n = d
+    x, y = _t((b, m, k), device, dtype), _t((b, k, n), device, dtype)
+    return lambda: torch.bmm(x, y)
+
+
+def _build_sdpa(d, device, dtype):
+    import torch.nn.functional as F
+
+    b, h, s, e = d
+    q, k, v = (_t((b, h, s, e), device, dtype) for _ in range(3))
+    return lambda: F.scaled_dot_product_attention(q, k, v)
+
+
+def _kinds() -> Dict[str, Tuple[str, Callable]]:
+    import torch
+    import torch.nn.functional as F
+
+    return {
+        # kind: (cost class, builder(d, device, dtype) -> zero-argument callable)
+        "add": ("elementwise", _stream(torch.add, lambda d, dev, dt: (_t(d, dev, dt),))),
+        "mul_bcast": ("elementwise", _stream(torch.mul, lambda d, dev, dt: (_t((d[0], d[1], 1, 1), dev, dt),))),
+        "relu_": ("elementwise", _stream(torch.relu_)),
+        "gelu": ("elementwise", _stream(F.gelu)),
+        "silu_": ("elementwise", _stream(lambda x: F.silu(x, inplace=True))),
+        "hardswish_": ("elementwise", _stream(lambda x: F.hardswish(x, inplace=True))),
+        "sigmoid": ("elementwise", _stream(torch.sigmoid)),
+        "batch_norm": ("norm", _stream(lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=False),
+                                       _bn_params)),
+        "layer_norm": ("norm", _build_layer_norm),
+        "mean_hw": ("reduce", _stream(lambda x: x.mean((2, 3), keepdim=True))),
+        "softmax": ("reduce", _stream(lambda x: x.softmax(-1))),
+        "max_pool": ("pool", _stream(lambda x: F.max_pool2d(x, 3, 2, 1))),
+        "avg_pool": ("pool", _stream(lambda x: F.avg_pool2d(x, 2, 2))),
+        "adaptive_avg": ("pool", _stream(lambda x: F.adaptive_avg_pool2d(x, 1))),
+        "cat": ("copy", _stream(lambda x, y: torch.cat([x, y], 1), lambda d, dev, dt: (_t(d, dev, dt),))),
+        "permute_copy": ("copy", _stream(lambda x: x.permute(0, 2, 3, 1).contiguous())),
+        "bmm": ("matmul", _build_bmm),
+        "sdpa": ("attention", _build_sdpa),
+    }
+
+
+KINDS = ("add", "mul_bcast", "relu_", "gelu", "silu_", "hardswish_", "sigmoid", "batch_norm",
+         "layer_norm", "mean_hw", "softmax", "max_pool", "avg_pool", "adaptive_avg", "cat",
+         "permute_copy", "bmm", "sdpa")
+
+
+def builder(kind: str):
+    """(cost class, builder) of an op kind."""
+    kinds = _kinds()
+    if kind not in kinds:
+        raise KeyError(f"unknown op kind {kind!r}; known: {', '.join(KINDS)}")
+    return kinds[kind]
+
+
+def op_row(sweep: str, op: str, d) -> Dict[str, str]:
+    return {"sweep": sweep, "op": op, **{f"d{i}": str(int(v)) for i, v in enumerate(d)}}
+
+
+CHANNELS = (3, 16, 24, 32, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
+BATCHES = (1, 2, 8, 32, 64)
+MAX_ELEMENTS = 2 ** 27  # per activation (512 MiB in fp32)
+
+
+def _activation(target: float, rng: random.Random) -> Tuple[int, int, int, int]:
+    """An N x C x H x W shape of about ``target`` elements, as networks have them."""
+    for _ in range(100):
+        n, c = rng.choice(BATCHES), rng.choice(CHANNELS)
+        side = math.sqrt(target / (n * c))
+        if 1 <= side <= 448:
+            s = max(1, int(round(side)))
+            return n, c, s, s
+    return 1, 1, 1, max(1, int(target))
+
+
+def make_op_plan(per_kind: int = 24, seed: int = 0, matmuls: int = 80, attention: int = 40,
+                 max_elements: int = MAX_ELEMENTS) -> List[Dict[str, str]]:
+    """The op calibration plan: ``per_kind`` sizes of each stream kind, random bmm and sdpa shapes.
+
+    Stream sizes run from 2^10 elements to ``max_elements`` (2^27 by default).
+    """
+    rng = random.Random(seed)
+    top = math.log2(max_elements) - 10
+    plan: List[Dict[str, str]] = []
+    for kind in KINDS:
+        if kind in ("bmm", "sdpa"):
+            continue
+        for i in range(per_kind):
+            # geometric from 2^10 to 2^27 elements, jittered
+            target = 2 ** (10 + top * (i + rng.random()) / per_kind)
+            plan.append(op_row("stream", kind, _activation(min(target, max_elements), rng)))
+    for _ in range(matmuls):
+        while True:
+            b = rng.choice((1, 4, 12, 48, 96, 192, 384, 768, 1536))
+            m = rng.choice((1, 16, 49, 64, 128, 197, 256, 512, 1024, 2048))
+            k = rng.choice((16, 32, 49, 64, 128, 197, 256, 512, 1024))
+            n = rng.choice((16, 32, 49, 64, 128, 197, 256, 512, 1024, 2048))
+            if b * (m * k + k * n + m * n) <= max_elements:
+                break
+        plan.append(op_row("matmul", "bmm", (b, m, k, n)))
+    for _ in range(attention):
+        while True:
+            b, h = rng.choice((1, 2, 8, 32, 64)), rng.choice((1, 4, 8, 12, 16))
+            s, e = rng.choice((16, 49, 64, 197, 256, 577, 1024, 2048, 4096)), rng.choice((32, 64, 128))
+            if b * h * s * max(s, e) <= max_elements:
+                break
+        plan.append(op_row("attention", "sdpa", (b, h, s, e)))
+    return plan
+
+
+def host_plan() -> List[Dict[str, str]]:
+    """The smallest configuration of each kind: timed eagerly, it measures the CPU's launch cost."""
+    small = {"bmm": (1, 16, 16, 16), "sdpa": (1, 1, 16, 32)}
+    return [op_row("host", kind, small.get(kind, (1, 16, 4, 4))) for kind in KINDS]

@@ -1,0 +1,116 @@
+"""Costs of captured operations: pure formulas over their pieces (see ops.py).
+
+* Stream classes (memory-bound): ``ms = t0 + bytes / bw x (1 + h / bytes) ** g``,
+  a per-call floor ``t0``, a bandwidth ``bw`` reached by large operations, and
+  a saturation on the bytes axis (the paper's correction idea on the one axis
+  these operations have): below about ``h`` bytes the GPU is not filled and
+  the effective bandwidth drops.
+* ``linear`` pieces (``F.linear``, ``mm``) are costed as Linear layers by the
+  profile's layer family, so every profile can cost them.
+* ``matmul`` (batched products) and ``attention`` use the axes family's form
+  with their own fitted parameters: a (batch x m x k) by (k x n) product is the
+  grouped 1x1 layer with ``batch`` groups, S = m, Cin/g = k, Cout/g = n.
+
+A profile without op classes (the paper's T2000 profile) costs only linear
+pieces; the other operations are reported as not costed by that profile.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .families import AxesFamily, Bound
+from .layers import make_arrays
+from .ops import STREAM_CLASSES, OpRecord, Piece
+
+STREAM_PARAMS = ("t0_ms", "bw_gb_per_s", "h_bytes", "g")
+STREAM_BOUNDS = {"t0_ms": Bound(2e-3, 1e-5, 1.0, log=True),
+                 "bw_gb_per_s": Bound(2000.0, 1.0, 1e5, log=True),
+                 "h_bytes": Bound(1e5, 1.0, 1e10, log=True),
+                 "g": Bound(0.5, 0.0, 2.0)}
+
+
+def stream_ms(nbytes: np.ndarray, p: Mapping[str, float]) -> np.ndarray:
+    """Time of memory-bound operations moving ``nbytes`` each, under class parameters ``p``."""
+    b = np.maximum(np.asarray(nbytes, dtype=np.float64), 1.0)
+    return float(p["t0_ms"]) + b / (float(p["bw_gb_per_s"]) * 1e6) * (1.0 + float(p["h_bytes"]) / b) ** float(p["g"])
+
+
+class MatrixFamily(AxesFamily):
+    """The axes family with one class, for batched matrix products and attention."""
+
+    name = "matrix"
+    classes = ("all",)
+    description = "axes form for (batched) matrix products: S = m, Cin/g = k, Cout/g = n, groups = batch"
+    FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
+             "time_scale_ms_per_mmac": 1.0, "all.k_exp": 0.0}
+
+    def classify(self, arrays):
+        return np.zeros(len(arrays), dtype=np.int64)
+
+
+MATRIX = MatrixFamily()
+
+
+def matrix_arrays(pieces: Sequence[Piece]):
+    """Pieces as layer geometry: ``batch`` groups of an m-row, k-in, n-out 1x1 layer (attention: K = 2)."""
+    one = np.ones(len(pieces), dtype=np.int64)
+    b = np.array([p.batch for p in pieces], dtype=np.int64)
+    return make_arrays(
+        is_linear=np.ones(len(pieces), dtype=bool), N=[p.m for p in pieces],
+        Cin=b * np.array([p.k for p in pieces]), Cout=b * np.array([p.n for p in pieces]),
+        Hin=one, Win=one, Hout=one, Wout=one, K1=one,
+        K2=np.array([2 if p.cls == "attention" else 1 for p in pieces]), stride=one, groups=b,
+        itemsize=[p.itemsize for p in pieces])
+
+
+def linear_arrays(pieces: Sequence[Piece]):
+    """``linear`` pieces as Linear layers (m rows, k in-features, n out-features)."""
+    one = np.ones(len(pieces), dtype=np.int64)
+    return make_arrays(is_linear=np.ones(len(pieces), dtype=bool), N=[p.m for p in pieces],
+                       Cin=[p.k for p in pieces], Cout=[p.n for p in pieces], Hin=one, Win=one,
+                       Hout=one, Wout=one, K1=one, K2=one, stride=one, groups=one,
+                       itemsize=[p.itemsize for p in pieces])
+
+
+def pieces_ms(pieces: Sequence[Piece], profile) -> np.ndarray:
+    """Predicted ms of each piece under ``profile``; NaN where the profile has no class for it."""
+    from .families import get_family
+
+    out = np.full(len(pieces), np.nan)
+    ops = profile.ops or {}
+    by_cls: Dict[str, List[int]] = {}
+    for i, p in enumerate(pieces):
+        by_cls.setdefault(p.cls, []).append(i)
+    for cls, idx in by_cls.items():
+        sel = [pieces[i] for i in idx]
+        if cls == "linear":
+            family = get_family(profile.family)
+            out[idx] = family.alpha_and_ms(linear_arrays(sel), profile.parameters)[1]
+        elif cls in ("matmul", "attention") and cls in ops:
+            out[idx] = MATRIX.predict_ms(matrix_arrays(sel), ops[cls])
+        elif cls in STREAM_CLASSES and cls in ops.get("stream", {}):
+            out[idx] = stream_ms([p.nbytes for p in sel], ops["stream"][cls])
+    return out
+
+
+def attach_op_costs(records: Sequence[OpRecord], profile) -> List[OpRecord]:
+    """Copies of ``records`` with ``predicted_ms`` (None where the profile cannot cost the op)."""
+    pieces = [p for r in records for p in r.pieces]
+    if not pieces:
+        return list(records)
+    ms = pieces_ms(pieces, profile)
+    out, i = [], 0
+    for r in records:
+        value = float(np.sum(ms[i:i + len(r.pieces)]))
+        i += len(r.pieces)
+        out.append(replace(r, predicted_ms=None if not np.isfinite(value) else value))
+    return out
+
+
+def op_classes_of(profile) -> Optional[List[str]]:
+    """The op classes ``profile`` can cost (linear always; the rest from its 'ops' section)."""
+    ops = profile.ops or {}
+    return ["linear"] + [c for c in ("matmul", "attention") if c in ops] + list(ops.get("stream", {}))

@@ -1,0 +1,120 @@
+"""Fit the op classes and the host (eager) costs of a profile from calibration CSVs.
+
+* Stream classes: ``t0``, ``bw``, ``h``, ``g`` of opcost.stream_ms per class,
+  by least squares on the log ratio of predicted to measured time (Huber loss,
+  scale 0.3, as the layer family).
+* ``matmul`` and ``attention``: the axes form (opcost.MatrixFamily), fitted
+  with the layer fitter.
+* Host: the CPU's cost of one eager launch per host class (median over the
+  kinds of that class), and of one nn.Module call (an identity module).
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .opcost import MATRIX, STREAM_BOUNDS, STREAM_PARAMS, matrix_arrays, stream_ms
+from .ops import HOST_CLASSES, STREAM_CLASSES, Piece
+
+
+def _ok_rows(rows: Sequence[Mapping[str, str]]) -> List[Mapping[str, str]]:
+    out = []
+    for r in rows:
+        try:
+            t = float(r.get("time_ms") or "nan")
+        except ValueError:
+            continue
+        if r.get("status", "ok") == "ok" and np.isfinite(t) and t > 0 and r.get("cls"):
+            out.append(r)
+    return out
+
+
+def fit_stream_class(nbytes: np.ndarray, time_ms: np.ndarray, fixed: Optional[Mapping[str, float]] = None
+                     ) -> Dict[str, float]:
+    """Stream parameters for one class (``fixed`` pins some, e.g. {'g': 0.0})."""
+    from scipy.optimize import least_squares
+
+    fixed = dict(fixed or {})
+    names = [k for k in STREAM_PARAMS if k not in fixed]
+    is_log = np.array([STREAM_BOUNDS[k].log for k in names])
+
+    def to_x(v):
+        v = np.asarray(v, dtype=np.float64)
+        return np.where(is_log, np.log(np.where(is_log, v, 1.0)), v)
+
+    def params(x):
+        vals = np.where(is_log, np.exp(x), x)
+        return dict(fixed, **dict(zip(names, map(float, vals))))
+
+    def residuals(x):
+        return np.log(stream_ms(nbytes, params(x)) / time_ms)
+
+    x0 = to_x([STREAM_BOUNDS[k].init for k in names])
+    lo = to_x([STREAM_BOUNDS[k].lo for k in names])
+    hi = to_x([STREAM_BOUNDS[k].hi for k in names])
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = least_squares(residuals, x0, bounds=(lo, hi), x_scale="jac", loss="huber", f_scale=0.3,
+                            max_nfev=5000)
+    return params(res.x)
+
+
+def matrix_pieces_of(rows) -> List[Piece]:
+    item = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+    return [Piece(r["cls"], batch=int(r["batch"]), m=int(r["m"]), k=int(r["k"]), n=int(r["n"]),
+                  itemsize=item.get(r.get("dtype", "float32"), 4)) for r in rows]
+
+
+def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[str, float]] = None
+            ) -> Dict[str, object]:
+    """The profile's 'ops' section from op-calibration rows (opmeasure.OP_RESULT_COLUMNS)."""
+    from .fit import fit_parameters, residual_stats
+
+    rows = _ok_rows(rows)
+    ops: Dict[str, object] = {"stream": {}}
+    stats: Dict[str, object] = {}
+    for cls in STREAM_CLASSES:
+        sel = [r for r in rows if r["cls"] == cls]
+        if len(sel) < 4:
+            continue
+        nbytes = np.array([float(r["nbytes"]) for r in sel])
+        t = np.array([float(r["time_ms"]) for r in sel])
+        p = fit_stream_class(nbytes, t, stream_fixed)
+        ops["stream"][cls] = p
+        stats[cls] = residual_stats(stream_ms(nbytes, p), t)
+    for cls in ("matmul", "attention"):
+        sel = [r for r in rows if r["cls"] == cls]
+        if len(sel) < 8:
+            continue
+        arrays = matrix_arrays(matrix_pieces_of(sel))
+        t = np.array([float(r["time_ms"]) for r in sel])
+        p = fit_parameters(MATRIX, arrays, t)
+        ops[cls] = p
+        stats[cls] = residual_stats(MATRIX.predict_ms(arrays, p), t)
+    ops["fit"] = stats
+    return ops
+
+
+def fit_host(rows: Sequence[Mapping[str, str]]) -> Dict[str, object]:
+    """The profile's 'host' section from host-timing rows (opmeasure.HOST_COLUMNS).
+
+    Module-level rows (a Conv2d, a Linear) include one module call, which is
+    subtracted: every module call in a model is charged ``module_us`` apart.
+    """
+    by_class: Dict[str, List[float]] = {}
+    module_us = 0.0
+    for r in rows:
+        us = float(r["host_us"])
+        if r["host_class"] == "module":
+            module_us = us
+        else:
+            by_class.setdefault(r["host_class"], []).append(us)
+    launch = {}
+    for cls in HOST_CLASSES:
+        values = by_class.get(cls) or by_class.get("elementwise") or [0.0]
+        v = statistics.median(values)
+        if any(r["kind"] == f"{cls}_module" for r in rows):
+            v = max(v - module_us, 0.0)
+        launch[cls] = v
+    return {"launch_us": launch, "module_us": module_us}
