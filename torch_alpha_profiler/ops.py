@@ -190,6 +190,27 @@ def matrix_pieces(packet: str, inputs: Sequence[TensorMeta], outputs: Sequence[T
                   itemsize=item),)
 
 
+def mha_pieces(query: Shape, key: Shape, embed: int, heads: int, batch_first: bool, kdim: int, vdim: int,
+               self_attention: bool, itemsize: int) -> Tuple[Piece, ...]:
+    """nn.MultiheadAttention's work, whichever path runs it (fused on a GPU, decomposed elsewhere):
+    the input projections, the attention and the output projection."""
+    if len(query) == 2:  # unbatched (L, E)
+        batch, q_len, kv_len = 1, query[0], key[0]
+    elif batch_first:
+        batch, q_len, kv_len = query[0], query[1], key[1]
+    else:
+        batch, q_len, kv_len = query[1], query[0], key[0]
+    rows_q, rows_kv = batch * q_len, batch * kv_len
+    if self_attention:
+        proj = (Piece("linear", m=rows_q, k=embed, n=3 * embed, itemsize=itemsize),)
+    else:
+        proj = (Piece("linear", m=rows_q, k=embed, n=embed, itemsize=itemsize),
+                Piece("linear", m=rows_kv, k=kdim, n=embed, itemsize=itemsize),
+                Piece("linear", m=rows_kv, k=vdim, n=embed, itemsize=itemsize))
+    return proj + (Piece("attention", batch=batch * heads, m=q_len, k=embed // heads, n=kv_len, itemsize=itemsize),
+                   Piece("linear", m=rows_q, k=embed, n=embed, itemsize=itemsize))
+
+
 def piece_macs(p: Piece) -> int:
     """Multiply-accumulates of a matrix piece (attention: its two products)."""
     macs = p.batch * p.m * p.k * p.n

@@ -1,42 +1,55 @@
-"""AlphaProfiler: record every Conv2d/Linear call of a forward pass and cost it.
+"""AlphaProfiler: record every Conv2d/Linear call of a forward pass, and every other op, and cost them.
 
-    with AlphaProfiler(model, profile="t2000-paper") as p:
+    with AlphaProfiler(model, profile="h100-fp32") as p:
         model(x)
     text = p.table()
 
-Hooks only record shapes (frozen :class:`LayerRecord`); they are removed on
-exit, also when the forward raises, and nothing is stored on the model.
+Hooks only record shapes (frozen :class:`LayerRecord`); with ``scope="model"``
+(the default) a dispatch mode (capture.OpCapture), active only inside the
+``with`` block, records every other operation as an :class:`OpRecord`. Hooks
+and the mode are removed on exit, also when the forward raises, and nothing
+is stored on the model.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Dict, List, Optional
 
 from torch import nn
 
 from . import registry
+from .ops import OpRecord
 from .records import LayerRecord, NotCosted
+
+SCOPES = ("model", "layers")
 
 _ACTIVE = weakref.WeakSet()  # modules inside an active profiler
 _ACTIVE_LOCK = threading.Lock()
 
 
 class AlphaProfiler:
-    """Context manager that records and costs Conv2d/Linear calls of ``model``.
+    """Context manager that records and costs the calls of ``model``'s forward pass.
 
     ``profile`` is a built-in profile name, a JSON path, a DeviceProfile or
     "auto" (the built-in profile of the current GPU and of the dtype of the
-    first recorded call, resolved when costs are first read). Results are read after
-    (or during) the ``with`` block: ``records``, ``total_flops``,
-    ``total_alpha_flops``, ``predicted_ms``, ``by_module()``, ``by_kind()``,
-    ``not_costed()``, ``table()``, ``to_json()``, ``to_csv()``, ``to_dataframe()``.
+    first recorded call, resolved when costs are first read). ``scope`` is
+    "model" (Conv2d/Linear layers and every other operation) or "layers"
+    (Conv2d/Linear only: the fastest pass). Results are read after (or during)
+    the ``with`` block: ``records`` (layers), ``ops`` (other operations),
+    ``total_flops``, ``total_alpha_flops``, ``layers_ms``, ``ops_ms``,
+    ``predicted_ms`` (their sum: GPU time, as in a CUDA graph), ``eager_ms``,
+    ``by_module()``, ``by_kind()``, ``not_costed()``, ``table()``, ``to_json()``,
+    ``to_csv()``, ``to_dataframe()``.
     """
 
-    def __init__(self, model: nn.Module, profile="t2000-paper"):
+    def __init__(self, model: nn.Module, profile="t2000-paper", scope: str = "model"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"AlphaProfiler needs a torch.nn.Module, got {type(model).__name__}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         from .profile import load_profile
 
         self.model = model
@@ -49,6 +62,15 @@ class AlphaProfiler:
         self._costed: Optional[List[LayerRecord]] = None
         self._modules: List[nn.Module] = []
         self._hooked: List[tuple] = []  # (name, module type) of every costed layer hooked
+        self.scope = scope
+        self._seq = itertools.count()  # call order shared by layer hooks and op capture
+        self._layer_order: List[tuple] = []  # (call order, module calls so far) of each layer record
+        self._stack = None
+        self._capture = None
+        self._op_calls: list = []  # raw calls from OpCapture
+        self._uncosted_ops: Counter = Counter()  # (module, module type, operator) -> calls
+        self._ops: Optional[List[OpRecord]] = None
+        self._ops_costed: Optional[List[OpRecord]] = None
 
     # ------------------------------------------------------------------ hooks
     def __enter__(self) -> "AlphaProfiler":
@@ -63,14 +85,31 @@ class AlphaProfiler:
                 _ACTIVE.add(m)
             self._modules = [m for _, m in modules]
         try:
+            if self.scope == "model":
+                from .capture import ModuleStack, OpCapture
+
+                self._stack = ModuleStack()
             for name, module in modules:
                 entry = registry.resolve(type(module))
+                composite = self._stack is not None and isinstance(module, registry.COSTED_AS_OPS)
+                if self._stack is not None:
+                    # inside a costed layer or a composite module, single ops are not recorded
+                    self._handles.append(module.register_forward_pre_hook(
+                        self._stack.pre_hook(name, entry is not None or composite)))
+                if composite:
+                    self._handles.append(module.register_forward_hook(self._composite_hook(name), with_kwargs=True))
                 if entry is not None:
                     self._hooked.append((name, type(module).__name__))
                     self._handles.append(module.register_forward_hook(
                         self._record_hook(name, *entry), with_kwargs=True))
-                elif registry.is_uncosted_compute(module):
+                elif registry.is_uncosted_compute(module, self.scope):
                     self._handles.append(module.register_forward_hook(self._uncosted_hook(name)))
+                if self._stack is not None:
+                    self._handles.append(module.register_forward_hook(self._stack.post_hook(), always_call=True))
+            if self._stack is not None:
+                self._capture = OpCapture(self._stack, self._seq)
+                self._capture.calls, self._capture.uncosted = self._op_calls, self._uncosted_ops
+                self._capture.__enter__()
         except BaseException:
             self._remove_hooks()
             raise
@@ -81,6 +120,9 @@ class AlphaProfiler:
 
     def _remove_hooks(self) -> None:
         try:
+            if self._capture is not None:
+                capture, self._capture = self._capture, None
+                capture.__exit__(None, None, None)
             for handle in self._handles:
                 handle.remove()
         finally:
@@ -91,7 +133,7 @@ class AlphaProfiler:
             self._modules = []
 
     def _record_hook(self, name: str, kind: str, extract):
-        calls = self._calls
+        calls, order, seq, stack = self._calls, self._layer_order, self._seq, self._stack
 
         def hook(module, inputs, kwargs, output):
             # the layer's input is its first positional argument, or its only keyword one
@@ -101,6 +143,7 @@ class AlphaProfiler:
             # call costs 2 us instead of 8 us, 1-2% of a meta forward pass
             # the output's dtype is what the layer computed in (autocast changes it)
             calls.append((extract, name, module, x.shape, output.shape, output.dtype, x.device))
+            order.append((next(seq), stack.module_calls if stack is not None else 0))
             self._costed = None
 
         return hook
@@ -113,6 +156,28 @@ class AlphaProfiler:
                 self._raw.append(extract(name, module, tuple(in_shape), tuple(out_shape),
                                          str(dtype)[6:], device.type, len(self._raw)))
         return self._raw
+
+    def _composite_hook(self, name: str):
+        """Record an nn.MultiheadAttention call as one operation of known parts (ops.mha_pieces),
+        so that its cost does not depend on which path (fused or not) the device takes."""
+        calls, seq, stack = self._op_calls, self._seq, self._stack
+
+        def hook(module, args, kwargs, output):
+            from .capture import tensor_meta
+            from .ops import mha_pieces, piece_macs
+
+            names = ("query", "key", "value")
+            q, k, v = [args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names)]
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            metas = [tensor_meta(t) for t in (q, k, v)]
+            pieces = mha_pieces(metas[0].shape, metas[1].shape, module.embed_dim, module.num_heads,
+                                module.batch_first, module.kdim, module.vdim, q is k and k is v,
+                                metas[0].itemsize)
+            flops = sum(2 * piece_macs(p) for p in pieces)
+            calls.append((name, type(module).__name__, "multi_head_attention", "attention", metas,
+                          [tensor_meta(out)], pieces, flops, next(seq), stack.module_calls))
+
+        return hook
 
     def _uncosted_hook(self, name: str):
         def hook(module, inputs, output):
@@ -130,18 +195,38 @@ class AlphaProfiler:
             from .profile import auto_profile
 
             recorded = self._recorded()
-            dtype = recorded[0].dtype if recorded else "float32"
+            ops = self._recorded_ops()
+            dtype = recorded[0].dtype if recorded else (ops[0].dtype if ops else "float32")
             self._profile = auto_profile(dtype)
         return self._profile
 
     @property
     def records(self) -> List[LayerRecord]:
-        """Every recorded call, in call order, with MACs, FLOPs, alpha, alpha-FLOPs and ms."""
+        """Every recorded Conv2d/Linear call, in call order, with MACs, FLOPs, alpha, alpha-FLOPs and ms."""
         if self._costed is None:
             from .cost import attach_costs
 
             self._costed = attach_costs(self._recorded(), self.profile)
         return list(self._costed)
+
+    def _recorded_ops(self) -> List[OpRecord]:
+        if self._ops is None or len(self._ops) != len(self._op_calls):
+            from .capture import to_records
+
+            self._ops = to_records(self._op_calls)
+            self._ops_costed = None
+        return self._ops
+
+    @property
+    def ops(self) -> List[OpRecord]:
+        """Every other recorded operation (scope "model"), in call order, with predicted ms
+        (None where the profile has no class for it: see not_costed())."""
+        raw = self._recorded_ops()
+        if self._ops_costed is None:
+            from .opcost import attach_op_costs
+
+            self._ops_costed = attach_op_costs(raw, self.profile)
+        return list(self._ops_costed)
 
     @property
     def total_macs(self) -> int:
@@ -149,27 +234,64 @@ class AlphaProfiler:
 
     @property
     def total_flops(self) -> int:
-        """Sum of FLOPs (2 x MACs) over costed calls."""
-        return sum(r.flops for r in self.records)
+        """FLOPs (2 x MACs) of the Conv2d/Linear layers and of the other matrix products
+        (bmm, F.linear, attention), counted as FlopCounterMode counts them."""
+        return sum(r.flops for r in self.records) + sum(o.flops for o in self.ops)
 
     @property
     def total_alpha_flops(self) -> float:
+        """alpha-FLOPs of the Conv2d/Linear layers (the paper's measure)."""
         return float(sum(r.alpha_flops for r in self.records))
 
     @property
-    def predicted_ms(self) -> float:
-        """Predicted time of all costed calls on the profile's device, in ms."""
+    def layers_ms(self) -> float:
+        """Predicted time of the Conv2d/Linear layers on the profile's device, in ms."""
         return float(sum(r.predicted_ms for r in self.records))
 
+    @property
+    def ops_ms(self) -> float:
+        """Predicted time of the other operations the profile can cost, in ms."""
+        return float(sum(o.predicted_ms for o in self.ops if o.predicted_ms is not None))
+
+    @property
+    def predicted_ms(self) -> float:
+        """Predicted GPU time of everything costed (layers + other operations), in ms: the
+        forward's time when its kernels run back to back, as in a CUDA graph."""
+        return self.layers_ms + self.ops_ms
+
+    @property
+    def eager_ms(self) -> Optional[float]:
+        """Predicted wall time of one eager forward (CPU launching kernels, the GPU running
+        them), in ms; None when the profile has no host costs."""
+        from .eager import eager_ms, timeline
+
+        host = self.profile.host
+        if host is None:
+            return None
+        module_calls = self._stack.module_calls if self._stack is not None else 0
+        return eager_ms(timeline(self.records, self._layer_order, self.ops, self._op_calls, host),
+                        host, module_calls)
+
     def not_costed(self) -> List[NotCosted]:
-        """Calls with no cost formula (Conv1d, Conv3d, ConvTranspose2d, ...), then costed
-        layers that were never called: unused, or their weights were used functionally
-        (torchvision's Swin attention calls F.linear on its qkv weights)."""
+        """What the prediction leaves out, never counted as 0: calls with no cost formula
+        (Conv1d, Conv3d, ConvTranspose2d, ...), costed layers that were never called, and
+        (scope "model") operators with no cost class or none in the profile, by name and count."""
         called = {r.name for r in self._recorded()}
         uncalled = [NotCosted(name, kind, (), "never called in the profiled forward: unused, or "
-                              "its weights were used functionally (e.g. F.linear)")
+                              "its weights were used functionally (e.g. F.linear, costed as an op)")
                     for name, kind in self._hooked if name not in called]
-        return list(self._not_costed) + uncalled
+        by_op: Counter = Counter()
+        for (_, _, op), n in self._uncosted_ops.items():
+            by_op[op] += n
+        ops = [NotCosted(op, "operator", (), f"{n} call(s); no cost class for this operator")
+               for op, n in sorted(by_op.items())]
+        missing: Counter = Counter()
+        for o in self.ops:
+            if o.predicted_ms is None:
+                missing[(o.op_class, o.op.split(".")[0])] += 1
+        ops += [NotCosted(op, "operator", (), f"{n} call(s); profile {self.profile.name!r} has no "
+                          f"'{cls}' class") for (cls, op), n in sorted(missing.items())]
+        return list(self._not_costed) + uncalled + ops
 
     def by_module(self) -> Dict[str, Dict[str, float]]:
         """Totals per module and each of its parents ('' is the whole model)."""
@@ -177,48 +299,50 @@ class AlphaProfiler:
             parts = r.name.split(".") if r.name else []
             return [".".join(parts[:depth]) for depth in range(len(parts) + 1)]
 
-        return _totals(self.records, keys)
+        return _totals(self.records, self.ops, keys)
 
     def by_kind(self) -> Dict[str, Dict[str, float]]:
-        """Totals per layer kind ('Conv2d', 'Linear')."""
-        return _totals(self.records, lambda r: [r.kind])
+        """Totals per layer kind ('Conv2d', 'Linear') and op class ('elementwise', 'norm', ...)."""
+        return _totals(self.records, self.ops, lambda r: [getattr(r, "op_class", None) or r.kind])
 
     def table(self, depth: Optional[int] = None, top_k: Optional[int] = None) -> str:
-        """Per-layer table (see report.layer_table): one unit per column."""
+        """Per-call table (see report.layer_table): one unit per column."""
         from .report import layer_table
 
-        return layer_table(self.records, depth=depth, top_k=top_k, not_costed=self.not_costed())
+        return layer_table(self.records, depth=depth, top_k=top_k, not_costed=self.not_costed(),
+                           ops=self.ops, layer_order=[seq for seq, _ in self._layer_order])
 
     def summary(self) -> Dict[str, object]:
         from .report import summary
 
-        return summary(self.records, self.profile, self.not_costed())
+        return summary(self.records, self.profile, self.not_costed(), ops=self.ops, eager_ms=self.eager_ms)
 
     def to_json(self) -> str:
         from .report import to_json
 
-        return to_json(self.records, self.profile, self.not_costed())
+        return to_json(self.records, self.profile, self.not_costed(), ops=self.ops, eager_ms=self.eager_ms)
 
     def to_csv(self) -> str:
         from .report import to_csv
 
-        return to_csv(self.records)
+        return to_csv(self.records, ops=self.ops)
 
     def to_dataframe(self):
-        """The per-layer records as a pandas DataFrame (needs pandas)."""
+        """The per-call records (layers, then ops) as a pandas DataFrame (needs pandas)."""
         from .report import to_dataframe
 
-        return to_dataframe(self.records)
+        return to_dataframe(self.records, ops=self.ops)
 
 
-def _totals(records, keys_of) -> Dict[str, Dict[str, float]]:
-    """Calls, FLOPs, alpha-FLOPs and ms summed under every key ``keys_of(record)`` lists."""
+def _totals(records, ops, keys_of) -> Dict[str, Dict[str, float]]:
+    """Calls, FLOPs, alpha-FLOPs and ms summed under every key ``keys_of(record)`` lists
+    (ops the profile cannot cost add their call and FLOPs, not time)."""
     out: Dict[str, Dict[str, float]] = OrderedDict()
-    for r in records:
+    for r in list(records) + list(ops):
         for key in keys_of(r):
             acc = out.setdefault(key, {"calls": 0, "flops": 0, "alpha_flops": 0.0, "predicted_ms": 0.0})
             acc["calls"] += 1
             acc["flops"] += r.flops
-            acc["alpha_flops"] += r.alpha_flops
-            acc["predicted_ms"] += r.predicted_ms
+            acc["alpha_flops"] += getattr(r, "alpha_flops", 0.0) or 0.0
+            acc["predicted_ms"] += r.predicted_ms or 0.0
     return out

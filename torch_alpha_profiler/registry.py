@@ -49,8 +49,14 @@ def resolve(module_type: type) -> Optional[Tuple[str, Extractor]]:
     return None
 
 
-def is_uncosted_compute(module: nn.Module) -> bool:
+# costed through their operations when the profiler captures them (scope "model")
+COSTED_AS_OPS: Tuple[type, ...] = (nn.MultiheadAttention,)
+
+
+def is_uncosted_compute(module: nn.Module, scope: str = "layers") -> bool:
     """True for layers that compute but have no cost formula (reported, never zero)."""
+    if scope == "model" and isinstance(module, COSTED_AS_OPS):
+        return False
     return isinstance(module, UNCOSTED_TYPES) and resolve(type(module)) is None
 
 

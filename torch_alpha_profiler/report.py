@@ -12,18 +12,40 @@ import numbers
 from dataclasses import asdict
 from typing import Dict, List, Optional, Sequence
 
+from .ops import OpRecord
 from .records import LayerRecord, NotCosted
 
 TABLE_HEADERS = ("module", "kind", "input shape", "MFLOPs (2xMAC)", "alpha",
                  "alpha-MFLOPs", "predicted ms", "% time")
 
 
-def _rows_per_layer(records: Sequence[LayerRecord]) -> List[dict]:
-    return [
-        {"name": r.name, "kind": r.kind, "shape": "x".join(map(str, r.input_shape)),
-         "flops": r.flops, "alpha_flops": r.alpha_flops, "ms": r.predicted_ms}
-        for r in records
-    ]
+def _layer_row(r: LayerRecord) -> dict:
+    return {"name": r.name, "kind": r.kind, "shape": "x".join(map(str, r.input_shape)),
+            "flops": r.flops, "alpha_flops": r.alpha_flops, "ms": r.predicted_ms}
+
+
+def _op_row(o: OpRecord) -> dict:
+    """An operation's row: its kind is its operator; alpha is a layer measure (NaN here);
+    time is NaN when the profile cannot cost it."""
+    return {"name": o.name, "kind": o.op.split(".")[0],
+            "shape": "x".join(map(str, o.input_shapes[0])) if o.input_shapes else "",
+            "flops": o.flops, "alpha_flops": float("nan"),
+            "ms": o.predicted_ms if o.predicted_ms is not None else float("nan")}
+
+
+def _rows_per_layer(records: Sequence[LayerRecord], ops: Sequence[OpRecord] = (),
+                    layer_order: Optional[Sequence[int]] = None) -> List[dict]:
+    """One row per call: layers, and ops merged in by call order (``layer_order``: each layer's)."""
+    if not ops:
+        return [_layer_row(r) for r in records]
+    order = list(layer_order) if layer_order is not None else [-1] * len(records)
+    keyed = [(k, _layer_row(r)) for k, r in zip(order, records)] + [(o.call_index, _op_row(o)) for o in ops]
+    keyed.sort(key=lambda t: t[0])
+    return [row for _, row in keyed]
+
+
+def _nansum(values) -> float:
+    return float(sum(v for v in values if v == v))
 
 
 def _group_by_depth(rows: List[dict], depth: Optional[int]) -> List[dict]:
@@ -36,8 +58,8 @@ def _group_by_depth(rows: List[dict], depth: Optional[int]) -> List[dict]:
         if key in merged:
             acc = merged[key]
             acc["flops"] += row["flops"]
-            acc["alpha_flops"] += row["alpha_flops"]
-            acc["ms"] += row["ms"]
+            acc["alpha_flops"] = _nansum((acc["alpha_flops"], row["alpha_flops"]))
+            acc["ms"] = _nansum((acc["ms"], row["ms"]))
             if acc["kind"] != row["kind"]:
                 acc["kind"] = "mixed"
             acc["shape"] = ""
@@ -49,12 +71,12 @@ def _group_by_depth(rows: List[dict], depth: Optional[int]) -> List[dict]:
 def _top_k(rows: List[dict], k: Optional[int]) -> List[dict]:
     if k is None or k >= len(rows):
         return rows
-    ranked = sorted(rows, key=lambda r: r["ms"], reverse=True)
+    ranked = sorted(rows, key=lambda r: r["ms"] if r["ms"] == r["ms"] else -1.0, reverse=True)
     kept, rest = ranked[:k], ranked[k:]
     other = {"name": f"({len(rest)} others)", "kind": "", "shape": "",
              "flops": sum(r["flops"] for r in rest),
-             "alpha_flops": sum(r["alpha_flops"] for r in rest),
-             "ms": sum(r["ms"] for r in rest)}
+             "alpha_flops": _nansum(r["alpha_flops"] for r in rest),
+             "ms": _nansum(r["ms"] for r in rest)}
     return kept + [other]
 
 
@@ -62,7 +84,7 @@ def _format(rows: List[dict], total_ms: float) -> List[list]:
     out = []
     for r in rows:
         alpha = r["alpha_flops"] / r["flops"] if r["flops"] else float("nan")
-        share = 100.0 * r["ms"] / total_ms if total_ms else 0.0
+        share = 100.0 * r["ms"] / total_ms if total_ms else float("nan")
         out.append([r["name"], r["kind"], r["shape"], r["flops"] / 1e6, alpha,
                     r["alpha_flops"] / 1e6, r["ms"], share])
     return out
@@ -101,12 +123,19 @@ def _plain_table(body: List[list], headers: Sequence[str], floatfmt: Sequence[st
 
 
 def layer_table(records: Sequence[LayerRecord], depth: Optional[int] = None,
-                top_k: Optional[int] = None, not_costed: Sequence[NotCosted] = ()) -> str:
-    """A plain-text table: one row per call (or per module at ``depth``), then the total."""
-    total_ms = sum(r.predicted_ms for r in records)
-    rows = _top_k(_group_by_depth(_rows_per_layer(records), depth), top_k)
+                top_k: Optional[int] = None, not_costed: Sequence[NotCosted] = (),
+                ops: Sequence[OpRecord] = (), layer_order: Optional[Sequence[int]] = None) -> str:
+    """A plain-text table: one row per call (or per module at ``depth``), then the total.
+
+    With ``ops``, every other operation has a row too (its kind is its operator
+    name); alpha is shown for Conv2d/Linear only, and the total's alpha-FLOPs
+    are theirs.
+    """
+    rows = _rows_per_layer(records, ops, layer_order)
+    total_ms = _nansum(r["ms"] for r in rows)
+    rows = _top_k(_group_by_depth(rows, depth), top_k)
     body = _format(rows, total_ms)
-    total_flops = sum(r.flops for r in records)
+    total_flops = sum(r.flops for r in records) + sum(o.flops for o in ops)
     total_alpha = sum(r.alpha_flops for r in records)
     body += _format([{"name": "total", "kind": "", "shape": "", "flops": total_flops,
                       "alpha_flops": total_alpha, "ms": total_ms}], total_ms)
@@ -120,29 +149,52 @@ def layer_table(records: Sequence[LayerRecord], depth: Optional[int] = None,
     if not_costed:
         counts: Dict[str, int] = {}
         for n in not_costed:
-            counts[n.module_type] = counts.get(n.module_type, 0) + 1
+            key, calls = n.module_type, 1
+            if n.module_type == "operator":  # operators come grouped: "<n> call(s); ..."
+                key, calls = n.name, int(n.reason.split(" ", 1)[0])
+            counts[key] = counts.get(key, 0) + calls
         text += "\nnot costed: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
     return text
 
 
-def summary(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = ()) -> Dict[str, object]:
-    """Totals as a JSON-ready dict."""
+def summary(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = (),
+            ops: Sequence[OpRecord] = (), eager_ms: Optional[float] = None) -> Dict[str, object]:
+    """Totals as a JSON-ready dict.
+
+    ``predicted_ms`` is the GPU time of everything costed (``layers_ms`` +
+    ``ops_ms``); ``eager_ms`` is null when the profile has no host costs.
+    """
+    layers_ms = float(sum(r.predicted_ms for r in records))
+    ops_ms = _nansum(o.predicted_ms for o in ops if o.predicted_ms is not None)
     return {
         "profile": profile.name,
         "device": profile.device_name,
         "layers": len(records),
+        "ops": len(ops),
         "macs": int(sum(r.macs for r in records)),
-        "flops": int(sum(r.flops for r in records)),
+        "flops": int(sum(r.flops for r in records) + sum(o.flops for o in ops)),
         "alpha_flops": float(sum(r.alpha_flops for r in records)),
-        "predicted_ms": float(sum(r.predicted_ms for r in records)),
+        "layers_ms": layers_ms,
+        "ops_ms": ops_ms,
+        "predicted_ms": layers_ms + ops_ms,
+        "eager_ms": eager_ms,
+        "bytes_moved": int(sum(o.nbytes for o in ops)),
         "not_costed": [asdict(n) for n in not_costed],
     }
 
 
-def to_json(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = ()) -> str:
-    doc = summary(records, profile, not_costed)
+def to_json(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = (),
+            ops: Sequence[OpRecord] = (), eager_ms: Optional[float] = None) -> str:
+    doc = summary(records, profile, not_costed, ops, eager_ms)
     doc["records"] = [asdict(r) for r in records]
+    doc["op_records"] = [_op_json(o) for o in ops]
     return json.dumps(doc, indent=1)
+
+
+def _op_json(o: OpRecord) -> dict:
+    d = asdict(o)
+    d["pieces"] = [asdict(p) for p in o.pieces]
+    return d
 
 
 # layer-table columns first (so the CSV can be fed back to `predict`), then the rest
@@ -161,18 +213,35 @@ def _csv_row(r: LayerRecord) -> list:
             r.macs, r.flops, repr(r.alpha), repr(r.alpha_flops), repr(r.predicted_ms)]
 
 
-def to_csv(records: Sequence[LayerRecord]) -> str:
+OP_CSV_COLUMNS = ("name", "module_type", "op", "op_class", "input_shapes", "output_shapes", "dtype",
+                  "bytes", "flops", "predicted_ms")
+
+
+def to_csv(records: Sequence[LayerRecord], ops: Sequence[OpRecord] = ()) -> str:
+    """The layers as a layer table (CSV_COLUMNS); with ``ops``, a blank line and the ops
+    (OP_CSV_COLUMNS) follow."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in records:
         w.writerow(_csv_row(r))
+    if ops:
+        buf.write("\n")
+        w.writerow(OP_CSV_COLUMNS)
+        for o in ops:
+            w.writerow([o.name, o.module_type, o.op, o.op_class,
+                        ";".join("x".join(map(str, s)) for s in o.input_shapes),
+                        ";".join("x".join(map(str, s)) for s in o.output_shapes), o.dtype, o.nbytes,
+                        o.flops, "" if o.predicted_ms is None else repr(o.predicted_ms)])
     return buf.getvalue()
 
 
-def to_dataframe(records: Sequence[LayerRecord]):
+def to_dataframe(records: Sequence[LayerRecord], ops: Sequence[OpRecord] = ()):
+    """Layers, then ops, one row each (columns of both records; missing ones are NaN)."""
     try:
         import pandas as pd
     except ImportError:
         raise ImportError("to_dataframe() needs pandas: pip install pandas") from None
-    return pd.DataFrame([asdict(r) for r in records])
+    rows = [dict(asdict(r), record="layer") for r in records]
+    rows += [dict(asdict(o), record="op", pieces=len(o.pieces)) for o in ops]
+    return pd.DataFrame(rows)

@@ -103,10 +103,16 @@ class ShapeOnlyMode(TorchDispatchMode):
             torch.set_num_threads(self._threads)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # the conversions below are this mode's own bookkeeping: no other dispatch mode
+        # (the profiler's op capture) sees them
         kwargs = kwargs or {}
         if func in HEAVY_OPS:
-            out = func(*tree_map(_to_meta, args), **tree_map(_to_meta, kwargs))
-            return tree_map(_cpu_zeros, out)
+            with torch._C._DisableTorchDispatch():
+                args, kwargs = tree_map(_to_meta, (args, kwargs))
+            out = func(*args, **kwargs)
+            with torch._C._DisableTorchDispatch():
+                return tree_map(_cpu_zeros, out)
         if _mixes_meta_and_cpu(args, kwargs):
-            args, kwargs = tree_map(_cpu_zeros, (args, kwargs))
+            with torch._C._DisableTorchDispatch():
+                args, kwargs = tree_map(_cpu_zeros, (args, kwargs))
         return func(*args, **kwargs)
