@@ -212,12 +212,17 @@ def cmd_fit(args) -> int:
         raise CliError(f"{args.table}: no positive, finite 'time_ms' values to fit")
     profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
                           provenance=provenance)
-    if args.ops or args.host:
+    if args.ops or args.host or args.channels_last:
         from dataclasses import replace
 
+        from .fit import fit_channels_last
         from .opfit import fit_host, fit_ops
 
         extra = {}
+        if args.channels_last:
+            extra["channels_last"] = fit_channels_last(
+                with_default_dtype(read_layer_table(args.channels_last), provenance["dtype"]), args.family)
+            provenance["channels_last_source"] = args.channels_last
         if args.ops:
             extra["ops"] = fit_ops(_read_rows(args.ops, ("cls", "nbytes", "time_ms")))
             provenance["ops_source"] = args.ops
@@ -363,6 +368,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="dtype the times were measured in")
     p.add_argument("--ops", metavar="CSV", help="also fit the op classes to this op-calibration CSV (PREFIX-ops.csv)")
     p.add_argument("--host", metavar="CSV", help="also set eager host costs from this CSV (PREFIX-host.csv)")
+    p.add_argument("--channels-last", metavar="CSV",
+                   help="also fit the family to these channels-last Conv2d times (PREFIX-nhwc.csv)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_fit)
 

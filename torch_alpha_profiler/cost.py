@@ -11,7 +11,7 @@ from typing import List, Sequence
 import numpy as np
 
 from .families import get_family
-from .layers import LayerArrays, from_records
+from .layers import LayerArrays, from_records, take
 from .profile import DeviceProfile
 from .records import LayerRecord
 
@@ -33,6 +33,11 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
     family = get_family(profile.family)
     macs = arrays.macs
     alpha, ms = family.alpha_and_ms(arrays, profile.parameters)
+    nhwc = profile.channels_last
+    if nhwc is not None and arrays.channels_last.any():
+        # channels-last inputs: the same family, with the parameters fitted on NHWC layers
+        sel = np.flatnonzero(arrays.channels_last)
+        alpha[sel], ms[sel] = family.alpha_and_ms(take(arrays, sel), nhwc["parameters"])
     return CostArrays(
         macs=macs,
         flops=2 * macs,

@@ -93,6 +93,13 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     return family.finalize(params_of(result.x), arrays)
 
 
+def fit_channels_last(table: LayerTable, family: str) -> Dict[str, object]:
+    """The profile's 'channels_last' section: ``family`` fitted on channels-last Conv2d rows."""
+    nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False)
+    return {"parameters": nhwc.parameters, "fit": nhwc.provenance["fit"], "source": table.source,
+            "n_measurements": nhwc.provenance["n_measurements"]}
+
+
 def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
                 provenance: Optional[Mapping[str, object]] = None,
                 fixed: Optional[Mapping[str, float]] = None,

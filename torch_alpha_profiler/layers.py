@@ -34,6 +34,7 @@ class LayerArrays:
     stride: np.ndarray  # vertical stride (the larger of the two, for asymmetric strides)
     groups: np.ndarray
     itemsize: np.ndarray  # bytes per element of the layer's dtype
+    channels_last: np.ndarray  # bool: a Conv2d whose input is in channels-last (NHWC) memory format
 
     def __len__(self) -> int:
         return int(self.N.shape[0])
@@ -58,13 +59,15 @@ def _i64(values) -> np.ndarray:
 
 
 def make_arrays(**columns) -> LayerArrays:
-    """Build LayerArrays from columns, filling itemsize with 4 (float32) if absent."""
+    """Build LayerArrays from columns, filling itemsize with 4 (float32) and channels_last with
+    False if absent."""
     n = len(columns["N"])
     columns.setdefault("itemsize", np.full(n, 4))
+    columns.setdefault("channels_last", np.zeros(n, dtype=bool))
     out = {}
     for f in fields(LayerArrays):
         col = columns[f.name]
-        out[f.name] = np.asarray(col, dtype=bool) if f.name == "is_linear" else _i64(col)
+        out[f.name] = np.asarray(col, dtype=bool) if f.name in ("is_linear", "channels_last") else _i64(col)
     return LayerArrays(**out)
 
 
@@ -94,6 +97,7 @@ def from_records(records: Sequence[LayerRecord]) -> LayerArrays:
         stride=[max(r.stride) for r in records],
         groups=[r.groups for r in records],
         itemsize=[itemsize_of(r.dtype) for r in records],
+        channels_last=[r.channels_last for r in records],
     )
 
 

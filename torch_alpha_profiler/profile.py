@@ -38,6 +38,8 @@ class DeviceProfile:
     # op cost classes beyond Conv2d/Linear (opcost.py), and eager-mode host costs (eager.py)
     ops: Optional[Mapping[str, Any]] = None
     host: Optional[Mapping[str, Any]] = None
+    # the layer family's parameters fitted on channels-last (NHWC) convolutions
+    channels_last: Optional[Mapping[str, Any]] = None
 
     @property
     def time_scale_ms_per_mmac(self) -> float:
@@ -67,6 +69,8 @@ class DeviceProfile:
             doc["ops"] = _plain(self.ops)
         if self.host is not None:
             doc["host"] = _plain(self.host)
+        if self.channels_last is not None:
+            doc["channels_last"] = _plain(self.channels_last)
         if self.fit_data is not None:
             doc["fit_data"] = _plain(self.fit_data)
         return doc
@@ -122,17 +126,7 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     params = doc.get("parameters")
     if not isinstance(params, Mapping):
         raise ProfileError(f"{where}: missing object field 'parameters'")
-    for key in family.global_params:
-        _number(params, key, f"{where}: parameters")
-    classes = params.get("classes")
-    if not isinstance(classes, Mapping):
-        raise ProfileError(f"{where}: missing object field 'parameters.classes'")
-    for cls in family.classes:
-        if not isinstance(classes.get(cls), Mapping):
-            raise ProfileError(f"{where}: missing object field 'parameters.classes.{cls}'")
-        for p in family.class_params:
-            _number(classes[cls], p, f"{where}: parameters.classes.{cls}")
-    _check_ranges(family, params, where)
+    _check_parameters(family, params, where)
     prov = doc.get("provenance")
     if not isinstance(prov, Mapping):
         raise ProfileError(f"{where}: missing object field 'provenance'")
@@ -148,9 +142,13 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     fit_data = doc.get("fit_data")
     if fit_data is not None and not isinstance(fit_data, Mapping):
         raise ProfileError(f"{where}: field 'fit_data' must be an object")
-    ops, host = doc.get("ops"), doc.get("host")
-    if version < 2 and (ops is not None or host is not None):
-        raise ProfileError(f"{where}: fields 'ops' and 'host' need schema_version 2")
+    ops, host, nhwc = doc.get("ops"), doc.get("host"), doc.get("channels_last")
+    if version < 2 and (ops is not None or host is not None or nhwc is not None):
+        raise ProfileError(f"{where}: fields 'ops', 'host' and 'channels_last' need schema_version 2")
+    if nhwc is not None:
+        if not isinstance(nhwc, Mapping) or not isinstance(nhwc.get("parameters"), Mapping):
+            raise ProfileError(f"{where}: field 'channels_last' must be an object with 'parameters'")
+        _check_parameters(family, nhwc["parameters"], f"{where}: channels_last.parameters")
     if ops is not None:
         _check_ops(ops, where)
     if host is not None:
@@ -158,7 +156,23 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
         provenance=prov, fit_data=fit_data, schema_version=version, ops=ops, host=host,
+        channels_last=nhwc,
     )
+
+
+def _check_parameters(family, params: Mapping, where: str) -> None:
+    """A family's parameter object: every global and class parameter, each inside its box."""
+    for key in family.global_params:
+        _number(params, key, f"{where}: parameters")
+    classes = params.get("classes")
+    if not isinstance(classes, Mapping):
+        raise ProfileError(f"{where}: missing object field 'parameters.classes'")
+    for cls in family.classes:
+        if not isinstance(classes.get(cls), Mapping):
+            raise ProfileError(f"{where}: missing object field 'parameters.classes.{cls}'")
+        for p in family.class_params:
+            _number(classes[cls], p, f"{where}: parameters.classes.{cls}")
+    _check_ranges(family, params, where)
 
 
 def _check_ops(ops, where: str) -> None:

@@ -43,6 +43,7 @@ class LayerRecord:
     dtype: str = "float32"
     device: str = "cpu"
     call_index: int = 0
+    channels_last: bool = False  # Conv2d input in channels-last (NHWC) memory format
     # costs, filled in by cost.attach_costs()
     macs: Optional[int] = None
     flops: Optional[int] = None

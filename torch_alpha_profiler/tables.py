@@ -1,16 +1,18 @@
 """The layer-table CSV format shared by ``fit`` and ``predict``.
 
-Columns ``kind,N,Cin,Cout,H,W,K1,K2,stride,groups[,padding][,dilation][,dtype][,time_ms]``;
+Columns ``kind,N,Cin,Cout,H,W,K1,K2,stride,groups[,padding][,dilation][,dtype][,layout][,time_ms]``;
 only Cin, Cout, H, W, K1, K2 are required (defaults: kind Conv2d, N 1,
 stride 1, groups 1). H, W are the input's spatial size. A row without
 ``padding`` is a 'same' convolution: its output is ceil(H/stride) x
 ceil(W/stride). ``padding``, ``stride`` and ``dilation`` take one integer or
 ``AxB`` for (height, width). For Linear rows N is the number of rows and
-Cin/Cout the features; the rest is 1. Other columns are passed through.
+Cin/Cout the features; the rest is 1. ``layout`` is the input's memory format
+(empty or ``nchw``; ``nhwc`` or ``channels_last``). Other columns are passed through.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -22,6 +24,8 @@ from .layers import LayerArrays, itemsize_of, make_arrays
 REQUIRED = ("Cin", "Cout", "H", "W", "K1", "K2")
 DEFAULTS = {"kind": "Conv2d", "N": "1", "stride": "1", "groups": "1", "dilation": "1"}
 KINDS = ("Conv2d", "Linear")
+# optional 'layout' column: the input's memory format ('' is NCHW)
+LAYOUTS = {"": False, "nchw": False, "nhwc": True, "channels_last": True}
 
 
 class LayerTableError(ValueError):
@@ -400,6 +404,15 @@ def _parse(text: str, data: bytes, source: str) -> LayerTable:
         i = int(too_big[0])
         raise LayerTableError(f"{source} line {i + 2}: the layer's multiply-accumulates overflow 64-bit "
                               "integers; check its sizes")
+    if "layout" in cols.columns:
+        distinct, index = cols.categories("layout")
+        bad = sorted(set(distinct) - set(LAYOUTS))
+        if bad:
+            i = int(np.flatnonzero(index == distinct.index(bad[0]))[0])
+            raise LayerTableError(f"{source} line {i + 2}: column 'layout' must be empty or one of "
+                                  f"{', '.join(v for v in LAYOUTS if v)}, got {bad[0]!r}")
+        nhwc = np.asarray([LAYOUTS[v] for v in distinct], dtype=bool)[index] & ~is_linear
+        arrays = dataclasses.replace(arrays, channels_last=nhwc)
     time_ms = cols.floats("time_ms") if "time_ms" in cols.columns else None
     return LayerTable(arrays=arrays, time_ms=time_ms, header=cols.header, columns=cols.columns,
                       source=source, row_text=cols.row_text)

@@ -21,7 +21,8 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     Raw layer times go to ``out_prefix + '.csv'`` as they are taken (an
     interrupted run resumes there), provenance to ``.csv.env.json``; with
     ``ops``, the other operations' times to ``-ops.csv`` (resumed too) and the
-    CPU's eager launch costs to ``-host.csv``; the profile to ``.json``.
+    CPU's eager launch costs to ``-host.csv``, a third of the Conv2d layers
+    again with channels-last (NHWC) inputs to ``-nhwc.csv``; the profile to ``.json``.
     Refuses to start when the profile file exists and ``overwrite`` is false.
     """
     import torch
@@ -47,10 +48,12 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     if ops:
         from dataclasses import replace
 
+        from ..fit import fit_channels_last
         from ..opfit import fit_host, fit_ops
         from .measure import read_results
         from .opmeasure import measure_host, measure_op_plan
         from .opplan import host_plan, make_op_plan
+        from .plan import channels_last_plan
 
         ops_csv, host_csv = out_prefix + "-ops.csv", out_prefix + "-host.csv"
         # scale 0 (a smoke test) times a few ops of each kind, small enough for a CPU
@@ -59,8 +62,13 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         measure_op_plan(op_plan, ops_csv, device=device, dtype=dtype,
                         timer=timer, resume=resume, progress=progress)
         measure_host(host_plan(), host_csv, device=device, dtype=dtype)
+        nhwc_csv = out_prefix + "-nhwc.csv"
+        measure_plan(channels_last_plan(make_plan(scale=scale, seed=seed)), nhwc_csv, device=device,
+                     dtype=dtype, timer=timer, resume=resume, progress=progress)
         profile = replace(profile, ops=fit_ops(list(read_results(ops_csv))),
                           host=fit_host(list(read_results(host_csv))),
-                          provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv))
+                          channels_last=fit_channels_last(read_layer_table(nhwc_csv), family),
+                          provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
+                                          channels_last_source=nhwc_csv))
     profile.save(profile_path, overwrite=overwrite)
     return profile

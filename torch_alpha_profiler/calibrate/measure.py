@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from .plan import PLAN_COLUMNS, config_key
 
-RESULT_COLUMNS = PLAN_COLUMNS + ("dtype", "time_ms", "iqr_ms", "calls", "status")
+RESULT_COLUMNS = PLAN_COLUMNS + ("dtype", "layout", "time_ms", "iqr_ms", "calls", "status")
 
 Progress = Callable[[int, int, Dict[str, str]], None]
 
@@ -73,6 +73,8 @@ def build_layer(r: Dict[str, str], device: str, dtype: str, seed: int = 0):
                           dilation=_pair(r.get("dilation", "1")),
                           groups=int(r["groups"]), bias=bias)
         x = torch.randn(n, cin, int(r["H"]), int(r["W"]), device=device, dtype=dt)
+        if r.get("layout") in ("nhwc", "channels_last"):
+            x = x.contiguous(memory_format=torch.channels_last)  # the weights stay as built
     layer = layer.to(device=device, dtype=dt).eval()
     return layer, x
 

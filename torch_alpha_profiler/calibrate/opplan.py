@@ -114,10 +114,10 @@ BATCHES = (1, 2, 8, 32, 64)
 MAX_ELEMENTS = 2 ** 27  # per activation (512 MiB in fp32)
 
 
-def _activation(target: float, rng: random.Random) -> Tuple[int, int, int, int]:
+def _activation(target: float, rng: random.Random, channels=CHANNELS) -> Tuple[int, int, int, int]:
     """An N x C x H x W shape of about ``target`` elements, as networks have them."""
     for _ in range(100):
-        n, c = rng.choice(BATCHES), rng.choice(CHANNELS)
+        n, c = rng.choice(BATCHES), rng.choice(channels)
         side = math.sqrt(target / (n * c))
         if 1 <= side <= 448:
             s = max(1, int(round(side)))
@@ -140,7 +140,9 @@ def make_op_plan(per_kind: int = 24, seed: int = 0, matmuls: int = 80, attention
         for i in range(per_kind):
             # geometric from 2^10 to 2^27 elements, jittered
             target = 2 ** (10 + top * (i + rng.random()) / per_kind)
-            plan.append(op_row("stream", kind, _activation(min(target, max_elements), rng)))
+            # networks normalize over 16 channels or more (3 only at the input, never normalized)
+            channels = CHANNELS[1:] if kind in ("batch_norm", "layer_norm") else CHANNELS
+            plan.append(op_row("stream", kind, _activation(min(target, max_elements), rng, channels)))
     for _ in range(matmuls):
         while True:
             b = rng.choice((1, 4, 12, 48, 96, 192, 384, 768, 1536))

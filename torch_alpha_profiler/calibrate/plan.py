@@ -203,4 +203,12 @@ def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0)
 
 def config_key(r: Dict[str, str]) -> str:
     """Identity of a configuration (everything but the sweep name and results)."""
-    return ",".join(r.get(c, "") for c in PLAN_COLUMNS[1:])
+    key = ",".join(r.get(c, "") for c in PLAN_COLUMNS[1:])
+    layout = r.get("layout", "")
+    return key + "," + layout if layout and layout != "nchw" else key
+
+
+def channels_last_plan(plan: List[Dict[str, str]], every: int = 3) -> List[Dict[str, str]]:
+    """Every ``every``-th Conv2d row of ``plan`` with a channels-last (NHWC) input."""
+    convs = [r for r in plan if r["kind"] == "Conv2d"]
+    return [dict(r, layout="nhwc") for r in convs[::every]]
