@@ -61,6 +61,7 @@ class ModuleStack:
     def __init__(self):
         self.frames: List[Tuple[str, str, bool]] = []  # (name, type, is a costed layer)
         self.module_calls = 0
+        self.view_calls = 0  # views and allocations outside costed layers: no kernel, some CPU time
 
     def pre_hook(self, name: str, costed: bool):
         frames = self.frames
@@ -99,6 +100,7 @@ class OpCapture(TorchDispatchMode):
             return out  # outside the model, or inside a Conv2d/Linear layer (costed whole)
         packet, cls = classify(func)
         if cls == "free":
+            self.stack.view_calls += 1
             return out
         name, mtype, _ = frames[-1]
         if cls is None:
@@ -112,14 +114,14 @@ class OpCapture(TorchDispatchMode):
         else:
             pieces, flops = (), 0
         self.calls.append((name, mtype, f"{packet}.{func._overloadname}", cls, inputs, outputs,
-                           pieces, flops, next(self.sequence), self.stack.module_calls))
+                           pieces, flops, next(self.sequence), self.stack.module_calls, self.stack.view_calls))
         return out
 
 
 def to_records(calls) -> List[OpRecord]:
     """Frozen OpRecords from OpCapture's raw calls (call order kept)."""
     records = []
-    for name, mtype, op, cls, inputs, outputs, pieces, flops, seq, _ in calls:
+    for name, mtype, op, cls, inputs, outputs, pieces, flops, seq, *_ in calls:
         nbytes = stream_bytes(op.split(".")[0], inputs, outputs)
         if not pieces:
             item = outputs[0].itemsize if outputs else (inputs[0].itemsize if inputs else 4)

@@ -6,7 +6,8 @@
 * ``matmul`` and ``attention``: the axes form (opcost.MatrixFamily), fitted
   with the layer fitter.
 * Host: the CPU's cost of one eager launch per host class (median over the
-  kinds of that class), and of one nn.Module call (an identity module).
+  kinds of that class), of one view (no kernel) and of one nn.Module call
+  (an identity module).
 """
 from __future__ import annotations
 
@@ -108,6 +109,8 @@ def fit_host(rows: Sequence[Mapping[str, str]]) -> Dict[str, object]:
         us = float(r["host_us"])
         if r["host_class"] == "module":
             module_us = us
+        elif r["host_class"] == "view":
+            by_class.setdefault("view", []).append(us)
         else:
             by_class.setdefault(r["host_class"], []).append(us)
     launch = {}
@@ -117,4 +120,5 @@ def fit_host(rows: Sequence[Mapping[str, str]]) -> Dict[str, object]:
         if any(r["kind"] == f"{cls}_module" for r in rows):
             v = max(v - module_us, 0.0)
         launch[cls] = v
-    return {"launch_us": launch, "module_us": module_us}
+    views = by_class.get("view")
+    return {"launch_us": launch, "module_us": module_us, "view_us": statistics.median(views) if views else 0.0}

@@ -225,8 +225,10 @@ def _check_host(host, where: str) -> None:
         v = _number(host["launch_us"], cls, f"{where}: host.launch_us")
         if v < 0:
             raise ProfileError(f"{where}: field 'host.launch_us.{cls}' must not be negative")
-    if _number(host, "module_us", f"{where}: host") < 0:
-        raise ProfileError(f"{where}: field 'host.module_us' must not be negative")
+    _number(host, "module_us", f"{where}: host")
+    for key in ("module_us", "view_us"):
+        if key in host and _number(host, key, f"{where}: host") < 0:
+            raise ProfileError(f"{where}: field 'host.{key}' must not be negative")
 
 
 def _check_ranges(family, params: Mapping, where: str) -> None:

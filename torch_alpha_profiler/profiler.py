@@ -148,7 +148,8 @@ class AlphaProfiler:
             # a 4-D input in channels-last (NHWC) memory format runs other kernels
             nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=_NHWC)
             calls.append((extract, name, module, x.shape, output.shape, output.dtype, x.device, nhwc))
-            order.append((next(seq), stack.module_calls if stack is not None else 0))
+            order.append((next(seq), stack.module_calls, stack.view_calls) if stack is not None
+                         else (next(seq), 0, 0))
             self._costed = None
 
         return hook
@@ -181,7 +182,7 @@ class AlphaProfiler:
                                 metas[0].itemsize)
             flops = sum(2 * piece_macs(p) for p in pieces)
             calls.append((name, type(module).__name__, "multi_head_attention", "attention", metas,
-                          [tensor_meta(out)], pieces, flops, next(seq), stack.module_calls))
+                          [tensor_meta(out)], pieces, flops, next(seq), stack.module_calls, stack.view_calls))
 
         return hook
 
@@ -274,9 +275,10 @@ class AlphaProfiler:
         host = self.profile.host
         if host is None:
             return None
-        module_calls = self._stack.module_calls if self._stack is not None else 0
+        stack = self._stack
+        totals = (stack.module_calls, stack.view_calls) if stack is not None else (0, 0)
         return eager_ms(timeline(self.records, self._layer_order, self.ops, self._op_calls, host),
-                        host, module_calls)
+                        host, *totals)
 
     def not_costed(self) -> List[NotCosted]:
         """What the prediction leaves out, never counted as 0: calls with no cost formula
@@ -316,7 +318,7 @@ class AlphaProfiler:
         from .report import layer_table
 
         return layer_table(self.records, depth=depth, top_k=top_k, not_costed=self.not_costed(),
-                           ops=self.ops, layer_order=[seq for seq, _ in self._layer_order])
+                           ops=self.ops, layer_order=[order[0] for order in self._layer_order])
 
     def summary(self) -> Dict[str, object]:
         from .report import summary

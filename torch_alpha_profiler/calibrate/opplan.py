@@ -89,8 +89,13 @@ def _kinds() -> Dict[str, Tuple[str, Callable]]:
         "permute_copy": ("copy", _stream(lambda x: x.permute(0, 2, 3, 1).contiguous())),
         "bmm": ("matmul", _build_bmm),
         "sdpa": ("attention", _build_sdpa),
+        "view": ("view", _stream(lambda x: x.view(x.shape[0], -1))),
+        "permute": ("view", _stream(lambda x: x.permute(0, 2, 3, 1))),
     }
 
+
+# timed for their CPU cost only (eager mode): views launch no kernel
+HOST_ONLY_KINDS = ("view", "permute")
 
 KINDS = ("add", "mul_bcast", "relu_", "gelu", "silu_", "hardswish_", "sigmoid", "batch_norm",
          "layer_norm", "mean_hw", "softmax", "max_pool", "avg_pool", "adaptive_avg", "cat",
@@ -101,7 +106,7 @@ def builder(kind: str):
     """(cost class, builder) of an op kind."""
     kinds = _kinds()
     if kind not in kinds:
-        raise KeyError(f"unknown op kind {kind!r}; known: {', '.join(KINDS)}")
+        raise KeyError(f"unknown op kind {kind!r}; known: {', '.join(KINDS + HOST_ONLY_KINDS)}")
     return kinds[kind]
 
 
@@ -163,6 +168,7 @@ def make_op_plan(per_kind: int = 24, seed: int = 0, matmuls: int = 80, attention
 
 
 def host_plan() -> List[Dict[str, str]]:
-    """The smallest configuration of each kind: timed eagerly, it measures the CPU's launch cost."""
+    """The smallest configuration of each kind (and of views, which launch no kernel): timed
+    eagerly, it measures the CPU's cost of one call."""
     small = {"bmm": (1, 16, 16, 16), "sdpa": (1, 1, 16, 32)}
-    return [op_row("host", kind, small.get(kind, (1, 16, 4, 4))) for kind in KINDS]
+    return [op_row("host", kind, small.get(kind, (1, 16, 4, 4))) for kind in KINDS + HOST_ONLY_KINDS]
