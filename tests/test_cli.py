@@ -56,7 +56,8 @@ def test_compare_prints_a_table(capsys):
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].startswith("profile t2000-paper (Quadro T2000)")
-    for col in ("model", "batch", "GFLOPs (2xMAC)", "alpha-GFLOPs", "predicted ms", "rank by FLOPs",
+    assert "Conv2d and Linear layers only" in lines[0]  # the T2000 profile costs no other operation
+    for col in ("model", "batch", "GFLOPs (2xMAC)", "alpha-GFLOPs", "predicted gpu ms", "rank by FLOPs",
                 "rank by time"):
         assert col in lines[1]
     body = [line.split() for line in lines[3:]]
@@ -103,8 +104,9 @@ def test_profile_table_depth_and_top_k(capsys):
     assert rc == 0
     assert out.splitlines()[0].startswith("resnet18, batch 2, profile t2000-paper")
     names = [line.split()[0] for line in out.splitlines()[3:]]
-    # depth 1: conv1, layer1..4, fc = 6 rows; the 3 slowest, then (3 others), then the total
-    assert names == ["layer4", "layer3", "layer2", "(3", "total"]
+    # depth 1: conv1, layer1..4, fc = 6 rows; the 3 slowest, then (3 others), the total, what it covers
+    assert names == ["layer4", "layer3", "layer2", "(3", "total", "predicted"]
+    assert out.splitlines()[-1].startswith("predicted GPU time")
 
 
 def test_profile_json_to_file_with_input_size(capsys, tmp_path):

@@ -78,7 +78,7 @@ def _set(path, value):
 # (mutation, every substring the error must contain)
 INVALID = {
     "missing schema_version": (_del("schema_version"), ["'schema_version'", "None"]),
-    "wrong schema_version": (_set("schema_version", 2), ["'schema_version'", "2"]),
+    "wrong schema_version": (_set("schema_version", 3), ["'schema_version'", "3"]),
     "missing name": (_del("name"), ["'name'"]),
     "unknown family": (_set("family", "quadratic"), ["'family'", "'quadratic'", "paper"]),
     "missing parameters": (_del("parameters"), ["'parameters'"]),
@@ -133,7 +133,7 @@ def test_wrong_type_is_a_type_error():
 
 
 @pytest.mark.parametrize("version", [True, 1.0])
-def test_schema_version_must_be_the_integer_1(t2000_doc, version):
+def test_schema_version_must_be_an_integer(t2000_doc, version):
     t2000_doc["schema_version"] = version
     with pytest.raises(ProfileError, match="schema_version"):
         profile_from_dict(t2000_doc)

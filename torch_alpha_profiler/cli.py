@@ -29,7 +29,7 @@ def _input_size(args, name: str):
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
-def _profile_model(name: str, batch: int, size, profile, device: str):
+def _profile_model(name: str, batch: int, size, profile, device: str, scope: str = "model"):
     """Profile one forward of ``name``; ``device`` is one of shapes.DEVICES (see there)."""
     from .shapes import resolve_device
     from .zoo import build_model
@@ -44,20 +44,20 @@ def _profile_model(name: str, batch: int, size, profile, device: str):
         model = model.to(dtype)
     if run == "hybrid":
         try:
-            return _forward(model, batch, size, profile, "hybrid")
+            return _forward(model, batch, size, profile, "hybrid", scope)
         except Exception:
             if device != "auto":
                 raise
             run = "meta"  # an op the hybrid pass cannot run: meta gives the same shapes
     try:
-        return _forward(model, batch, size, profile, run)
+        return _forward(model, batch, size, profile, run, scope)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CliError(f"the forward pass of {name!r} on a {batch}x3x{size[0]}x{size[1]} input failed: "
                        f"{first}") from None
 
 
-def _forward(model, batch: int, size, profile, run: str):
+def _forward(model, batch: int, size, profile, run: str, scope: str = "model"):
     import contextlib
 
     import torch
@@ -70,7 +70,7 @@ def _forward(model, batch: int, size, profile, run: str):
         x, mode = torch.zeros(batch, 3, *size, dtype=dtype), ShapeOnlyMode()
     else:
         x, mode = torch.randn(batch, 3, *size, device=run, dtype=dtype), contextlib.nullcontext()
-    with AlphaProfiler(model, profile=profile) as p, torch.no_grad(), mode:
+    with AlphaProfiler(model, profile=profile, scope=scope) as p, torch.no_grad(), mode:
         model(x)
     return p
 
@@ -111,20 +111,49 @@ class _Bar:
 
 
 # ------------------------------------------------------------- subcommands
+def _check_mode(args, profile) -> None:
+    if args.mode == "eager" and profile.host is None:
+        raise CliError(f"--mode eager needs a profile with host (CPU launch) costs; {profile.name!r} has "
+                       "none (the h100-* profiles do; 'alpha-profiler calibrate' measures them)")
+
+
+def _time_line(p, mode: str) -> str:
+    """One line that says what the predicted time covers."""
+    parts = f"Conv2d/Linear {p.layers_ms:.3f} ms"
+    if p.scope == "model":
+        parts += f" + other operations {p.ops_ms:.3f} ms"
+    text = f"predicted GPU time (kernels back to back, as in a CUDA graph): {p.predicted_ms:.3f} ms ({parts})"
+    eager = p.eager_ms
+    if eager is not None and p.scope == "model":
+        text += f"\npredicted eager time (CPU launches included): {eager:.3f} ms"
+    return text
+
+
 def cmd_profile(args) -> int:
     from .profile import load_profile
 
     profile = load_profile(args.profile)
-    p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device)
+    _check_mode(args, profile)
+    p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device,
+                       args.scope)
     if args.format == "json":
         _emit(p.to_json(), args.out)
     elif args.format == "csv":
         _emit(p.to_csv(), args.out)
+    elif args.format == "ops-csv":
+        _emit(p.ops_csv(), args.out)
     else:
         head = (f"{args.model}, batch {args.batch}, profile {profile.name} ({profile.device_name}); "
                 f"FLOPs = 2 x multiply-accumulates\n")
-        _emit(head + p.table(depth=args.depth, top_k=args.top_k), args.out)
+        _emit(head + p.table(depth=args.depth, top_k=args.top_k) + "\n" + _time_line(p, args.mode), args.out)
     return 0
+
+
+def _calls(n) -> int:
+    """Calls a NotCosted entry stands for (operators come grouped: '<n> call(s); ...')."""
+    if n.module_type == "operator":
+        return int(n.reason.split(" ", 1)[0])
+    return 1
 
 
 def _ranks(values: Sequence[float]) -> List[int]:
@@ -139,13 +168,18 @@ def cmd_compare(args) -> int:
     from .profile import load_profile
 
     profile = load_profile(args.profile)
+    _check_mode(args, profile)
     rows = []
     for name in args.models:
         for batch in args.batch:
-            p = _profile_model(name, batch, _input_size(args, name), profile, args.device)
+            p = _profile_model(name, batch, _input_size(args, name), profile, args.device, args.scope)
+            eager = p.eager_ms if args.scope == "model" else None
             rows.append({"model": name, "batch": batch, "flops": p.total_flops,
-                         "alpha_flops": p.total_alpha_flops, "predicted_ms": p.predicted_ms,
-                         "layers": len(p.records), "not_costed": len(p.not_costed())})
+                         "alpha_flops": p.total_alpha_flops,
+                         "predicted_ms": eager if args.mode == "eager" else p.predicted_ms,
+                         "gpu_ms": p.predicted_ms, "eager_ms": eager, "layers_ms": p.layers_ms,
+                         "ops_ms": p.ops_ms, "layers": len(p.records), "ops": len(p.ops),
+                         "not_costed": sum(_calls(n) for n in p.not_costed())})
     for batch in args.batch:
         group = [r for r in rows if r["batch"] == batch]
         for r, a, b in zip(group, _ranks([r["flops"] for r in group]),
@@ -174,10 +208,13 @@ def cmd_compare(args) -> int:
         body = [[r["model"], r["batch"], r["flops"] / 1e9, r["alpha_flops"] / 1e9, r["predicted_ms"],
                  r["rank_flops"], r["rank_time"], r["not_costed"]] for r in rows]
         text = tabulate(body, headers=["model", "batch", "GFLOPs (2xMAC)", "alpha-GFLOPs",
-                                       "predicted ms", "rank by FLOPs", "rank by time", "not costed"],
+                                       f"predicted {args.mode} ms", "rank by FLOPs", "rank by time",
+                                       "calls not costed"],
                         floatfmt=("", "", ".3f", ".3f", ".3f", "", "", ""))
-        _emit(f"profile {profile.name} ({profile.device_name}); Conv2d and Linear layers only\n" + text,
-              args.out)
+        what = ("every operation" if args.scope == "model" else "Conv2d and Linear layers only")
+        when = ("GPU time, kernels back to back as in a CUDA graph" if args.mode == "gpu"
+                else "eager PyTorch, CPU launches included")
+        _emit(f"profile {profile.name} ({profile.device_name}); {what}; {when}\n" + text, args.out)
     return 0
 
 
@@ -331,7 +368,7 @@ def create_parser() -> argparse.ArgumentParser:
                     "alpha-FLOPs and milliseconds.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_options(p):
+    def model_options(p, formats=("table", "json", "csv")):
         p.add_argument("--profile", default="t2000-paper", help="built-in profile name or JSON path")
         p.add_argument("--input-size", type=_positive, nargs="+", metavar="PX",
                        help="input height [width] (default: the model's own, e.g. 224)")
@@ -339,15 +376,24 @@ def create_parser() -> argparse.ArgumentParser:
                        help="how to run the shape-only forward: hybrid (meta weights, CPU activations, "
                             "no convolution or matrix-product FLOPs), meta, cpu, or auto (default): "
                             "hybrid up to 150,000 input pixels (batch x H x W), meta above")
-        p.add_argument("--format", default="table", choices=("table", "json", "csv"))
+        p.add_argument("--format", default="table", choices=formats,
+                       help="csv: the Conv2d/Linear layers as a layer table" +
+                            ("; ops-csv: the other operations" if "ops-csv" in formats else ""))
         p.add_argument("--out", help="write to this file instead of stdout")
+        p.add_argument("--scope", default="auto", choices=("auto", "model", "layers"),
+                       help="model: every operation; layers: Conv2d and Linear only; auto (default): "
+                            "model when the profile has classes for the other operations")
+        p.add_argument("--mode", default="gpu", choices=("gpu", "eager"),
+                       help="the time to predict: gpu (default) = kernels back to back, as in a CUDA "
+                            "graph; eager = plain PyTorch, CPU launches included (needs a profile "
+                            "with host costs)")
 
     p = sub.add_parser("profile", help="per-layer alpha-FLOPs table of one model")
     p.add_argument("model", help="torchvision model name or module:callable")
     p.add_argument("--batch", type=_positive, default=1)
     p.add_argument("--depth", type=_positive, help="merge layers below this module depth")
     p.add_argument("--top-k", type=_positive, help="show only the k slowest rows")
-    model_options(p)
+    model_options(p, formats=("table", "json", "csv", "ops-csv"))
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("compare", help="compare models by FLOPs, alpha-FLOPs and predicted time")

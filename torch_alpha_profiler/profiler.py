@@ -26,7 +26,7 @@ from . import registry
 from .ops import OpRecord
 from .records import LayerRecord, NotCosted
 
-SCOPES = ("model", "layers")
+SCOPES = ("auto", "model", "layers")
 _NHWC = torch.channels_last
 
 _ACTIVE = weakref.WeakSet()  # modules inside an active profiler
@@ -39,8 +39,10 @@ class AlphaProfiler:
     ``profile`` is a built-in profile name, a JSON path, a DeviceProfile or
     "auto" (the built-in profile of the current GPU and of the dtype of the
     first recorded call, resolved when costs are first read). ``scope`` is
-    "model" (Conv2d/Linear layers and every other operation) or "layers"
-    (Conv2d/Linear only: the fastest pass). Results are read after (or during)
+    "model" (Conv2d/Linear layers and every other operation), "layers"
+    (Conv2d/Linear only: the fastest pass) or "auto" (the default): "model"
+    when the profile can cost other operations (it has op classes, as the
+    calibrated GPU profiles do; or it is "auto"), else "layers". Results are read after (or during)
     the ``with`` block: ``records`` (layers), ``ops`` (other operations),
     ``total_flops``, ``total_alpha_flops``, ``layers_ms``, ``ops_ms``,
     ``predicted_ms`` (their sum: GPU time, as in a CUDA graph), ``eager_ms``,
@@ -48,7 +50,7 @@ class AlphaProfiler:
     ``to_csv()``, ``to_dataframe()``.
     """
 
-    def __init__(self, model: nn.Module, profile="t2000-paper", scope: str = "model"):
+    def __init__(self, model: nn.Module, profile="t2000-paper", scope: str = "auto"):
         if not isinstance(model, nn.Module):
             raise TypeError(f"AlphaProfiler needs a torch.nn.Module, got {type(model).__name__}")
         if scope not in SCOPES:
@@ -65,6 +67,8 @@ class AlphaProfiler:
         self._costed: Optional[List[LayerRecord]] = None
         self._modules: List[nn.Module] = []
         self._hooked: List[tuple] = []  # (name, module type) of every costed layer hooked
+        if scope == "auto":
+            scope = "model" if self._profile is None or self._profile.ops is not None else "layers"
         self.scope = scope
         self._seq = itertools.count()  # call order shared by layer hooks and op capture
         self._layer_order: List[tuple] = []  # (call order, module calls so far) of each layer record
@@ -331,9 +335,16 @@ class AlphaProfiler:
         return to_json(self.records, self.profile, self.not_costed(), ops=self.ops, eager_ms=self.eager_ms)
 
     def to_csv(self) -> str:
+        """The Conv2d/Linear layers as a layer-table CSV (``alpha-profiler predict`` reads it)."""
         from .report import to_csv
 
-        return to_csv(self.records, ops=self.ops)
+        return to_csv(self.records)
+
+    def ops_csv(self) -> str:
+        """The other operations as CSV: module, operator, class, shapes, bytes, FLOPs, ms."""
+        from .report import ops_to_csv
+
+        return ops_to_csv(self.ops)
 
     def to_dataframe(self):
         """The per-call records (layers, then ops) as a pandas DataFrame (needs pandas)."""

@@ -217,17 +217,22 @@ OP_CSV_COLUMNS = ("name", "module_type", "op", "op_class", "input_shapes", "outp
                   "bytes", "flops", "predicted_ms")
 
 
-def to_csv(records: Sequence[LayerRecord], ops: Sequence[OpRecord] = ()) -> str:
-    """The layers as a layer table (CSV_COLUMNS); with ``ops``, a blank line and the ops
-    (OP_CSV_COLUMNS) follow."""
+def to_csv(records: Sequence[LayerRecord]) -> str:
+    """The Conv2d/Linear layers as a layer table (CSV_COLUMNS: ``predict`` reads it back)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in records:
         w.writerow(_csv_row(r))
+    return buf.getvalue()
+
+
+def ops_to_csv(ops: Sequence[OpRecord]) -> str:
+    """The other operations, one row each (OP_CSV_COLUMNS; shapes joined by ';')."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(OP_CSV_COLUMNS)
     if ops:
-        buf.write("\n")
-        w.writerow(OP_CSV_COLUMNS)
         for o in ops:
             w.writerow([o.name, o.module_type, o.op, o.op_class,
                         ";".join("x".join(map(str, s)) for s in o.input_shapes),
