@@ -1,10 +1,20 @@
 """Costs of captured operations: pure formulas over their pieces (see ops.py).
 
-* Stream classes (memory-bound): ``ms = t0 + bytes / bw x (1 + h / bytes) ** g``,
-  a per-call floor ``t0``, a bandwidth ``bw`` reached by large operations, and
-  a saturation on the bytes axis (the paper's correction idea on the one axis
-  these operations have): below about ``h`` bytes the GPU is not filled and
-  the effective bandwidth drops.
+* Stream (memory-bound) operations, per operator where the profile has it,
+  else per class::
+
+      ms = t0 + bytes / bw x (1 + h / bytes) ** g x L2(bytes) x (1 + h_inner / inner) ** g_inner
+      L2(bytes) = r + (1 - r) x s,   s = bytes^4 / (bytes^4 + l2_bytes^4)
+
+  a per-call floor ``t0``; the DRAM bandwidth ``bw`` that large operations
+  reach; a saturation on the bytes axis (the paper's correction idea on the
+  one axis these operations have: below about ``h`` bytes the GPU is not
+  filled); ``r``, the share of DRAM time left when the data fits in the L2
+  cache (``l2_bytes``, 50 MiB on an H100: calibration replays the same tensors,
+  as a network re-reads what the previous kernel just wrote); and, for
+  normalizations and softmax, a saturation on the length of the rows they
+  reduce over (``inner``: H x W for batch norm, the last dimension for layer
+  norm and softmax), where short rows leave threads idle.
 * ``linear`` pieces (``F.linear``, ``mm``) are costed as Linear layers by the
   profile's layer family, so every profile can cost them.
 * ``matmul`` (batched products) and ``attention`` use the axes family's form
@@ -25,17 +35,31 @@ from .families import AxesFamily, Bound
 from .layers import make_arrays
 from .ops import STREAM_CLASSES, OpRecord, Piece
 
-STREAM_PARAMS = ("t0_ms", "bw_gb_per_s", "h_bytes", "g")
+STREAM_PARAMS = ("t0_ms", "bw_gb_per_s", "h_bytes", "g", "l2_ratio", "h_inner", "g_inner")
 STREAM_BOUNDS = {"t0_ms": Bound(2e-3, 1e-5, 1.0, log=True),
                  "bw_gb_per_s": Bound(2000.0, 1.0, 1e5, log=True),
                  "h_bytes": Bound(1e5, 1.0, 1e10, log=True),
-                 "g": Bound(0.5, 0.0, 2.0)}
+                 "g": Bound(0.5, 0.0, 2.0),
+                 "l2_ratio": Bound(0.6, 0.1, 1.0),
+                 "h_inner": Bound(8.0, 1e-3, 1e6, log=True),
+                 "g_inner": Bound(0.5, 0.0, 2.0)}
+# no L2 or inner-axis effect: what the parameters are pinned to where they are not fitted
+STREAM_NEUTRAL = {"l2_ratio": 1.0, "h_inner": 1.0, "g_inner": 0.0}
+L2_BYTES = 50 * 2 ** 20  # an H100's L2 cache (torch.cuda.get_device_properties().L2_cache_size)
 
 
-def stream_ms(nbytes: np.ndarray, p: Mapping[str, float]) -> np.ndarray:
-    """Time of memory-bound operations moving ``nbytes`` each, under class parameters ``p``."""
+def stream_ms(nbytes, p: Mapping[str, float], inner=None, l2_bytes: float = L2_BYTES) -> np.ndarray:
+    """Time of memory-bound operations moving ``nbytes`` each (reduced rows of ``inner``
+    elements; None or 0: no inner axis), under stream parameters ``p``."""
     b = np.maximum(np.asarray(nbytes, dtype=np.float64), 1.0)
-    return float(p["t0_ms"]) + b / (float(p["bw_gb_per_s"]) * 1e6) * (1.0 + float(p["h_bytes"]) / b) ** float(p["g"])
+    s = b ** 4 / (b ** 4 + float(l2_bytes) ** 4)
+    r = float(p.get("l2_ratio", 1.0))
+    ms = b / (float(p["bw_gb_per_s"]) * 1e6) * (1.0 + float(p["h_bytes"]) / b) ** float(p["g"]) * (r + (1 - r) * s)
+    if inner is not None and float(p.get("g_inner", 0.0)) != 0.0:
+        x = np.asarray(inner, dtype=np.float64)
+        factor = (1.0 + float(p["h_inner"]) / np.maximum(x, 1.0)) ** float(p["g_inner"])
+        ms = ms * np.where(x > 0, factor, 1.0)
+    return float(p["t0_ms"]) + ms
 
 
 class MatrixFamily(AxesFamily):
@@ -91,8 +115,19 @@ def pieces_ms(pieces: Sequence[Piece], profile) -> np.ndarray:
             out[idx] = family.alpha_and_ms(linear_arrays(sel), profile.parameters)[1]
         elif cls in ("matmul", "attention") and cls in ops:
             out[idx] = MATRIX.predict_ms(matrix_arrays(sel), ops[cls])
-        elif cls in STREAM_CLASSES and cls in ops.get("stream", {}):
-            out[idx] = stream_ms([p.nbytes for p in sel], ops["stream"][cls])
+        elif cls in STREAM_CLASSES:
+            # each operator's own parameters where calibrated, else its class's
+            l2 = float(ops.get("l2_bytes", L2_BYTES))
+            operators, classes = ops.get("operators", {}), ops.get("stream", {})
+            groups: Dict[str, List[int]] = {}
+            for i, p in zip(idx, sel):
+                key = p.op if p.op in operators else ("" if cls in classes else None)
+                if key is not None:
+                    groups.setdefault(key, []).append(i)
+            for key, rows in groups.items():
+                params = operators[key] if key else classes[cls]
+                out[rows] = stream_ms([pieces[i].nbytes for i in rows], params,
+                                      [pieces[i].inner for i in rows], l2)
     return out
 
 

@@ -1,8 +1,11 @@
 """Fit the op classes and the host (eager) costs of a profile from calibration CSVs.
 
-* Stream classes: ``t0``, ``bw``, ``h``, ``g`` of opcost.stream_ms per class,
-  by least squares on the log ratio of predicted to measured time (Huber loss,
-  scale 0.3, as the layer family).
+* Stream operations: opcost.stream_ms's parameters for each calibrated
+  operator (its rows), and for each class (all its rows: the fallback for
+  operators not calibrated), by least squares on the log ratio of predicted to
+  measured time (Huber loss, scale 0.3, as the layer family). The inner-axis
+  term is fitted only for the operators of ops.INNER_RULES; class-level fits
+  leave it out.
 * ``matmul`` and ``attention``: the axes form (opcost.MatrixFamily), fitted
   with the layer fitter.
 * Host: the CPU's cost of one eager launch per host class (median over the
@@ -16,8 +19,10 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .opcost import MATRIX, STREAM_BOUNDS, STREAM_PARAMS, matrix_arrays, stream_ms
-from .ops import HOST_CLASSES, STREAM_CLASSES, Piece
+from .opcost import L2_BYTES, MATRIX, STREAM_BOUNDS, STREAM_NEUTRAL, STREAM_PARAMS, matrix_arrays, stream_ms
+from .ops import HOST_CLASSES, INNER_RULES, STREAM_CLASSES, Piece, canonical, inner_size
+
+MIN_OPERATOR_ROWS = 8  # an operator with fewer calibration rows uses its class's parameters
 
 
 def _ok_rows(rows: Sequence[Mapping[str, str]]) -> List[Mapping[str, str]]:
@@ -32,12 +37,16 @@ def _ok_rows(rows: Sequence[Mapping[str, str]]) -> List[Mapping[str, str]]:
     return out
 
 
-def fit_stream_class(nbytes: np.ndarray, time_ms: np.ndarray, fixed: Optional[Mapping[str, float]] = None
-                     ) -> Dict[str, float]:
-    """Stream parameters for one class (``fixed`` pins some, e.g. {'g': 0.0})."""
+def fit_stream_class(nbytes: np.ndarray, time_ms: np.ndarray, fixed: Optional[Mapping[str, float]] = None,
+                     inner: Optional[np.ndarray] = None, l2_bytes: float = L2_BYTES) -> Dict[str, float]:
+    """Stream parameters for one class or operator (``fixed`` pins some, e.g. {'g': 0.0};
+    without ``inner`` the inner-axis term is pinned off)."""
     from scipy.optimize import least_squares
 
     fixed = dict(fixed or {})
+    if inner is None:
+        fixed.setdefault("h_inner", STREAM_NEUTRAL["h_inner"])
+        fixed.setdefault("g_inner", STREAM_NEUTRAL["g_inner"])
     names = [k for k in STREAM_PARAMS if k not in fixed]
     is_log = np.array([STREAM_BOUNDS[k].log for k in names])
 
@@ -50,7 +59,7 @@ def fit_stream_class(nbytes: np.ndarray, time_ms: np.ndarray, fixed: Optional[Ma
         return dict(fixed, **dict(zip(names, map(float, vals))))
 
     def residuals(x):
-        return np.log(stream_ms(nbytes, params(x)) / time_ms)
+        return np.log(stream_ms(nbytes, params(x), inner, l2_bytes) / time_ms)
 
     x0 = to_x([STREAM_BOUNDS[k].init for k in names])
     lo = to_x([STREAM_BOUNDS[k].lo for k in names])
@@ -67,13 +76,27 @@ def matrix_pieces_of(rows) -> List[Piece]:
                   itemsize=item.get(r.get("dtype", "float32"), 4)) for r in rows]
 
 
-def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[str, float]] = None
-            ) -> Dict[str, object]:
+def row_operator(r: Mapping[str, str]) -> str:
+    """The canonical operator a calibration row timed (its 'op' column, or its captured 'ops')."""
+    return r.get("operator") or canonical(r["ops"].split("+")[0])
+
+
+def row_inner(r: Mapping[str, str]) -> int:
+    """The row's inner-axis length (its 'inner' column, or from the kind's input shape)."""
+    if r.get("inner", "") != "":
+        return int(r["inner"])
+    from .calibrate.opplan import input_shape
+
+    return inner_size(row_operator(r), input_shape(r["op"], tuple(int(r[f"d{j}"]) for j in range(4))))
+
+
+def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[str, float]] = None,
+            l2_bytes: float = L2_BYTES) -> Dict[str, object]:
     """The profile's 'ops' section from op-calibration rows (opmeasure.OP_RESULT_COLUMNS)."""
     from .fit import fit_parameters, residual_stats
 
     rows = _ok_rows(rows)
-    ops: Dict[str, object] = {"stream": {}}
+    ops: Dict[str, object] = {"l2_bytes": float(l2_bytes), "stream": {}, "operators": {}}
     stats: Dict[str, object] = {}
     for cls in STREAM_CLASSES:
         sel = [r for r in rows if r["cls"] == cls]
@@ -81,9 +104,19 @@ def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[st
             continue
         nbytes = np.array([float(r["nbytes"]) for r in sel])
         t = np.array([float(r["time_ms"]) for r in sel])
-        p = fit_stream_class(nbytes, t, stream_fixed)
-        ops["stream"][cls] = p
-        stats[cls] = residual_stats(stream_ms(nbytes, p), t)
+        ops["stream"][cls] = fit_stream_class(nbytes, t, stream_fixed, l2_bytes=l2_bytes)
+        names = [row_operator(r) for r in sel]
+        inner = np.array([row_inner(r) for r in sel], dtype=np.float64)
+        pred = np.array(stream_ms(nbytes, ops["stream"][cls], inner, l2_bytes))
+        for op in sorted(set(names)):
+            mask = np.array([n == op for n in names])
+            if mask.sum() < MIN_OPERATOR_ROWS:
+                continue
+            p = fit_stream_class(nbytes[mask], t[mask], stream_fixed,
+                                 inner[mask] if op in INNER_RULES else None, l2_bytes)
+            ops["operators"][op] = p
+            pred[mask] = stream_ms(nbytes[mask], p, inner[mask], l2_bytes)
+        stats[cls] = residual_stats(pred, t)
     for cls in ("matmul", "attention"):
         sel = [r for r in rows if r["cls"] == cls]
         if len(sel) < 8:

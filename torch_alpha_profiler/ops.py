@@ -73,6 +73,38 @@ _ATTENTION = ("_scaled_dot_product_efficient_attention", "_scaled_dot_product_fl
               "_scaled_dot_product_fused_attention_overrideable", "_efficient_attention_forward",
               "_flash_attention_forward")
 MHA = "_native_multi_head_attention"
+# one name for the variants of an operator that run the same kind of kernel (per-operator
+# calibrated parameters are keyed by it): in-place forms, and each backend's batch norm
+_ALIASES = {"cudnn_batch_norm": "batch_norm", "native_batch_norm": "batch_norm",
+            "_native_batch_norm_legit": "batch_norm", "_native_batch_norm_legit_no_training": "batch_norm",
+            "miopen_batch_norm": "batch_norm", "native_layer_norm": "layer_norm",
+            "native_group_norm": "group_norm", "max_pool2d_with_indices": "max_pool2d",
+            "_adaptive_avg_pool2d": "adaptive_avg_pool2d", "_softmax": "softmax",
+            "_log_softmax": "log_softmax", "clamp_min": "relu", "_to_copy": "copy_", "clone": "copy_"}
+# operators whose speed depends on the length of the rows they reduce over ('inner' axis):
+# "spatial" = H x W of an N x C x H x W input, "last" = the last dimension
+INNER_RULES = {"batch_norm": "spatial", "layer_norm": "last", "group_norm": "spatial",
+               "softmax": "last", "log_softmax": "last"}
+
+
+def canonical(packet: str) -> str:
+    """The operator name per-operator parameters are keyed by (relu_ -> relu, cudnn_batch_norm -> batch_norm)."""
+    name = _ALIASES.get(packet, packet)
+    if name.endswith("_") and not name.startswith("_") and name not in ("copy_", "fill_", "zero_"):
+        name = _ALIASES.get(name[:-1], name[:-1])
+    return name
+
+
+def inner_size(op: str, shape: Shape) -> int:
+    """The reduced-row length of ``op`` (canonical name) on an input of ``shape``; 0 if none."""
+    rule = INNER_RULES.get(op)
+    if rule is None or not shape:
+        return 0
+    if rule == "last":
+        return int(shape[-1])
+    return _prod(shape[2:]) if len(shape) >= 3 else int(shape[-1])
+
+
 # operators that only write their first argument (its old value is not read)
 _WRITE_ONLY = frozenset({"fill_", "zero_", "copy_", "uniform_", "normal_", "bernoulli_"})
 
@@ -125,6 +157,8 @@ class Piece:
     k: int = 1
     n: int = 1
     itemsize: int = 4
+    op: str = ""  # canonical operator name (stream pieces: per-operator parameters)
+    inner: int = 0  # reduced-row length for operators in INNER_RULES, else 0
 
 
 @dataclass(frozen=True)

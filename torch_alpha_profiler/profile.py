@@ -197,6 +197,20 @@ def _check_ops(ops, where: str) -> None:
             if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
                 raise ProfileError(f"{where}: field 'ops.stream.{cls}.{key}' is {v!r}, outside its "
                                    f"valid range [{box.lo:g}, {box.hi:g}]")
+    operators = ops.get("operators", {})
+    if not isinstance(operators, Mapping):
+        raise ProfileError(f"{where}: field 'ops.operators' must be an object")
+    for name, p in operators.items():
+        if not isinstance(p, Mapping):
+            raise ProfileError(f"{where}: field 'ops.operators.{name}' must be an object")
+        for key in STREAM_PARAMS:
+            v = _number(p, key, f"{where}: ops.operators.{name}")
+            box = STREAM_BOUNDS[key]
+            if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
+                raise ProfileError(f"{where}: field 'ops.operators.{name}.{key}' is {v!r}, outside its "
+                                   f"valid range [{box.lo:g}, {box.hi:g}]")
+    if "l2_bytes" in ops and _number(ops, "l2_bytes", f"{where}: ops") <= 0:
+        raise ProfileError(f"{where}: field 'ops.l2_bytes' must be positive")
     for cls in ("matmul", "attention"):
         if cls not in ops:
             continue
@@ -210,7 +224,7 @@ def _check_ops(ops, where: str) -> None:
         for key in MATRIX.class_params:
             _number(p["classes"]["all"], key, sub + ".classes.all")
         _check_ranges(MATRIX, p, sub)
-    unknown = set(ops) - {"stream", "matmul", "attention", "fit"}
+    unknown = set(ops) - {"stream", "operators", "l2_bytes", "matmul", "attention", "fit"}
     if unknown:
         raise ProfileError(f"{where}: unknown field 'ops.{sorted(unknown)[0]}'")
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 from .measure import Progress
 from .opplan import OP_PLAN_COLUMNS, builder
 
-OP_RESULT_COLUMNS = OP_PLAN_COLUMNS + ("cls", "ops", "nbytes", "batch", "m", "k", "n", "dtype",
+OP_RESULT_COLUMNS = OP_PLAN_COLUMNS + ("cls", "ops", "operator", "nbytes", "inner", "batch", "m", "k", "n", "dtype",
                                        "time_ms", "iqr_ms", "calls", "status")
 HOST_COLUMNS = ("kind", "host_class", "host_us", "calls", "dtype", "device")
 
@@ -38,10 +38,13 @@ def captured_features(fn) -> Dict[str, str]:
         fn()
     records = to_records(mode.calls)
     if not records:
-        return {"cls": "", "ops": "", "nbytes": "0", "batch": "", "m": "", "k": "", "n": ""}
+        return {"cls": "", "ops": "", "operator": "", "nbytes": "0", "inner": "", "batch": "", "m": "",
+                "k": "", "n": ""}
     matrix = [p for r in records for p in r.pieces if p.cls in ("matmul", "attention")]
+    main = records[-1].pieces[0]
     feats = {"cls": records[-1].op_class if not matrix else matrix[0].cls,
              "ops": "+".join(r.op.split(".")[0] for r in records),
+             "operator": main.op, "inner": str(main.inner),
              "nbytes": str(sum(r.nbytes for r in records))}
     p = matrix[0] if matrix else None
     feats.update({k: str(getattr(p, k)) if p else "" for k in ("batch", "m", "k", "n")})

@@ -39,11 +39,21 @@ def _bn_params(d, device, dtype):
             _t((c,), device, dtype), _t((c,), device, dtype))
 
 
+def input_shape(kind: str, d) -> Tuple[int, ...]:
+    """The shape of the (first) input a kind's builder makes from its sizes ``d``."""
+    n, c, h, w = d
+    if kind == "layer_norm":
+        return (n, h * w, c)  # rows of c channels, as vision transformers have them
+    if kind == "bmm":
+        return (n, c, h)
+    return (n, c, h, w)
+
+
 def _build_layer_norm(d, device, dtype):
     import torch.nn.functional as F
 
-    n, c, h, w = d
-    x = _t((n, h * w, c), device, dtype)
+    c = d[1]
+    x = _t(input_shape("layer_norm", d), device, dtype)
     weight, bias = _t((c,), device, dtype), _t((c,), device, dtype)
     return lambda: F.layer_norm(x, (c,), weight, bias)
 
