@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import statistics
 import sys
 import time
 
@@ -70,6 +71,14 @@ def model_layers(models, batches):
     return out
 
 
+EAGER_REPEATS = 7  # blocks of 5 eager forwards; their median is the eager time
+
+
+def _iqr(values):
+    q = statistics.quantiles(values, n=4)
+    return q[2] - q[0]
+
+
 def time_whole_models(models, batches, dtype, path, budget_s):
     """Whole-model forward time as a CUDA graph and eagerly, appended to ``path``."""
     import torch
@@ -81,7 +90,8 @@ def time_whole_models(models, batches, dtype, path, budget_s):
     if os.path.exists(path):
         with open(path) as f:
             done = {(r["model"], r["batch"]) for r in csv.DictReader(f)}
-    cols = ["model", "batch", "dtype", "graph_ms", "graph_iqr_ms", "eager_ms", "status", "device_name"]
+    cols = ["model", "batch", "dtype", "graph_ms", "graph_iqr_ms", "eager_ms", "eager_iqr_ms", "status",
+            "device_name"]
     new = not os.path.exists(path)
     t_start = time.monotonic()
     timer = CudaGraphTimer(warmup=3, blocks=5, target_block_ms=20.0, target_replay_ms=0.0, max_inner=1)
@@ -107,14 +117,15 @@ def time_whole_models(models, batches, dtype, path, budget_s):
                         m = timer.measure(lambda: model(x))
                         row.update(graph_ms=f"{m.median_ms:.6g}", graph_iqr_ms=f"{m.iqr_ms:.3g}")
                         eager = []
-                        for _ in range(3):
+                        for _ in range(EAGER_REPEATS):
                             torch.cuda.synchronize()
                             t0 = time.perf_counter()
                             for _ in range(5):
                                 model(x)
                             torch.cuda.synchronize()
                             eager.append((time.perf_counter() - t0) * 1e3 / 5)
-                        row["eager_ms"] = f"{sorted(eager)[1]:.6g}"
+                        row["eager_ms"] = f"{statistics.median(eager):.6g}"
+                        row["eager_iqr_ms"] = f"{_iqr(eager):.3g}"
                 except Exception as e:  # noqa: BLE001 - recorded, not hidden
                     row["status"] = f"error: {type(e).__name__}: {str(e)[:80]}"
                     torch.cuda.empty_cache()

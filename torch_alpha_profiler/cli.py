@@ -258,10 +258,14 @@ def cmd_fit(args) -> int:
         extra = {}
         if args.channels_last:
             extra["channels_last"] = fit_channels_last(
-                with_default_dtype(read_layer_table(args.channels_last), provenance["dtype"]), args.family)
+                with_default_dtype(read_layer_table(args.channels_last), provenance["dtype"]), args.family,
+                profile.parameters)
             provenance["channels_last_source"] = args.channels_last
         if args.ops:
-            extra["ops"] = fit_ops(_read_rows(args.ops, ("cls", "nbytes", "time_ms")))
+            from .opcost import L2_BYTES
+
+            extra["ops"] = fit_ops(_read_rows(args.ops, ("cls", "nbytes", "time_ms")),
+                                   l2_bytes=provenance.get("l2_cache_bytes") or L2_BYTES)
             provenance["ops_source"] = args.ops
         if args.host:
             extra["host"] = fit_host(_read_rows(args.host, ("kind", "host_class", "host_us")))

@@ -93,11 +93,34 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     return family.finalize(params_of(result.x), arrays)
 
 
-def fit_channels_last(table: LayerTable, family: str) -> Dict[str, object]:
-    """The profile's 'channels_last' section: ``family`` fitted on channels-last Conv2d rows."""
-    nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False)
-    return {"parameters": nhwc.parameters, "fit": nhwc.provenance["fit"], "source": table.source,
-            "n_measurements": nhwc.provenance["n_measurements"]}
+# parameters refitted for channels-last inputs, per family (the rest are kept from the NCHW fit):
+# the kernel's speed, floor, bandwidth and wave behaviour change, the per-axis saturations do
+# not (cross-validated in docs/forms.md); families not listed are refitted whole
+CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp")}
+
+
+def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object]) -> Dict[str, object]:
+    """The profile's 'channels_last' section: ``family``'s parameters ``base`` (the NCHW fit)
+    with CHANNELS_LAST_FREE refitted on channels-last Conv2d rows."""
+    fam = get_family(family)
+    free = CHANNELS_LAST_FREE.get(family)
+    fixed = None
+    if free is not None:
+        fixed = {}
+        for key in fam.bounds():
+            cls, _, name = key.rpartition(".")
+            if name not in free:
+                fixed[key] = base["classes"][cls][name] if cls else base[key]
+    nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False, fixed=fixed)
+    params = dict(nhwc.parameters, classes=dict(nhwc.parameters["classes"]))
+    # classes with no channels-last row (Linear) keep the NCHW values, and alpha keeps its time scale
+    present = set(np.unique(fam.classify(table.arrays)).tolist())
+    for i, cls in enumerate(fam.classes):
+        if i not in present:
+            params["classes"][cls] = dict(base["classes"][cls])
+    params["time_scale_ms_per_mmac"] = base["time_scale_ms_per_mmac"]
+    return {"parameters": params, "fit": nhwc.provenance["fit"], "source": table.source,
+            "n_measurements": nhwc.provenance["n_measurements"], "refitted": list(free or ["all"])}
 
 
 def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Optional
 
 
@@ -18,11 +19,15 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
               name: Optional[str] = None, timer=None, progress=None, ops: bool = True):
     """Time the calibration plans on ``device`` and fit ``family``; returns the saved profile.
 
-    Raw layer times go to ``out_prefix + '.csv'`` as they are taken (an
-    interrupted run resumes there), provenance to ``.csv.env.json``; with
-    ``ops``, the other operations' times to ``-ops.csv`` (resumed too) and the
-    CPU's eager launch costs to ``-host.csv``, a third of the Conv2d layers
-    again with channels-last (NHWC) inputs to ``-nhwc.csv``; the profile to ``.json``.
+    Everything is measured first, each raw time written as it is taken (an
+    interrupted run resumes), then fitted:
+
+    * ``PREFIX.csv``: the Conv2d/Linear plan (provenance in ``.csv.env.json``);
+    * with ``ops``: ``PREFIX-ops.csv``, the other operations (opplan.py);
+      ``PREFIX-host.csv``, the CPU's cost of eager calls; ``PREFIX-nhwc.csv``,
+      a tenth of the Conv2d rows again with channels-last (NHWC) inputs;
+    * ``PREFIX.json``: the profile, with the seconds each stage took.
+
     Refuses to start when the profile file exists and ``overwrite`` is false.
     """
     import torch
@@ -30,16 +35,42 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     from ..fit import fit_profile
     from ..tables import read_layer_table
     from .measure import measure_plan
-    from .plan import make_plan
+    from .plan import channels_last_plan, make_plan
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for, but no CUDA device is available")
     profile_path = out_prefix + ".json"
     if os.path.exists(profile_path) and not overwrite:
         raise FileExistsError(f"{profile_path} exists; pass overwrite=True (CLI: --force) to replace it")
-    raw = out_prefix + ".csv"
-    measure_plan(make_plan(scale=scale, seed=seed), raw, device=device, dtype=dtype, timer=timer,
-                 resume=resume, progress=progress)
+    seconds = {}
+    clock = time.monotonic()
+
+    def lap(stage):
+        nonlocal clock
+        now = time.monotonic()
+        seconds[stage] = round(now - clock, 1)
+        clock = now
+
+    raw, ops_csv, host_csv, nhwc_csv = (out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv"))
+    plan = make_plan(scale=scale, seed=seed)
+    measure_plan(plan, raw, device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
+    lap("layers")
+    if ops:
+        from .opmeasure import measure_host, measure_op_plan
+        from .opplan import host_plan, make_op_plan
+
+        # scale 0 (a smoke test) times a few small ops of each kind, quick on a CPU
+        op_plan = make_op_plan(per_kind=20 * scale, seed=seed, matmuls=64 * scale, attention=32 * scale) \
+            if scale > 0 else make_op_plan(per_kind=2, seed=seed, matmuls=8, attention=8, max_elements=2 ** 16)
+        measure_op_plan(op_plan, ops_csv, device=device, dtype=dtype, timer=timer, resume=resume,
+                        progress=progress)
+        lap("ops")
+        measure_host(host_plan(), host_csv, device=device, dtype=dtype)
+        lap("host")
+        measure_plan(channels_last_plan(plan), nhwc_csv, device=device, dtype=dtype, timer=timer,
+                     resume=resume, progress=progress)
+        lap("channels_last")
+
     with open(raw + ".env.json") as f:
         env = json.load(f)
     env.update(source=raw, measurement_env=raw + ".env.json")
@@ -49,26 +80,26 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         from dataclasses import replace
 
         from ..fit import fit_channels_last
+        from ..opcost import L2_BYTES
         from ..opfit import fit_host, fit_ops
         from .measure import read_results
-        from .opmeasure import measure_host, measure_op_plan
-        from .opplan import host_plan, make_op_plan
-        from .plan import channels_last_plan
 
-        ops_csv, host_csv = out_prefix + "-ops.csv", out_prefix + "-host.csv"
-        # scale 0 (a smoke test) times a few ops of each kind, small enough for a CPU
-        op_plan = make_op_plan(per_kind=24 * scale, seed=seed, matmuls=80 * scale, attention=40 * scale) \
-            if scale > 0 else make_op_plan(per_kind=2, seed=seed, matmuls=8, attention=8, max_elements=2 ** 16)
-        measure_op_plan(op_plan, ops_csv, device=device, dtype=dtype,
-                        timer=timer, resume=resume, progress=progress)
-        measure_host(host_plan(), host_csv, device=device, dtype=dtype)
-        nhwc_csv = out_prefix + "-nhwc.csv"
-        measure_plan(channels_last_plan(make_plan(scale=scale, seed=seed)), nhwc_csv, device=device,
-                     dtype=dtype, timer=timer, resume=resume, progress=progress)
-        profile = replace(profile, ops=fit_ops(list(read_results(ops_csv))),
+        l2 = env.get("l2_cache_bytes") or L2_BYTES
+        profile = replace(profile, ops=fit_ops(list(read_results(ops_csv)), l2_bytes=l2),
                           host=fit_host(list(read_results(host_csv))),
-                          channels_last=fit_channels_last(read_layer_table(nhwc_csv), family),
+                          channels_last=fit_channels_last(read_layer_table(nhwc_csv), family,
+                                                          profile.parameters),
                           provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
                                           channels_last_source=nhwc_csv))
+    lap("fit")
+    seconds["total"] = round(sum(seconds.values()), 1)
+    profile = replace_provenance(profile, calibration_seconds=seconds)
     profile.save(profile_path, overwrite=overwrite)
     return profile
+
+
+def replace_provenance(profile, **fields):
+    """``profile`` with ``fields`` added to its provenance."""
+    from dataclasses import replace
+
+    return replace(profile, provenance=dict(profile.provenance, **fields))

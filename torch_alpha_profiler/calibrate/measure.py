@@ -42,8 +42,12 @@ def environment(device: str, dtype: str) -> Dict[str, object]:
         props = torch.cuda.get_device_properties(device)
         env["sm_count"] = props.multi_processor_count
         env["memory_gib"] = round(props.total_memory / 2 ** 30, 1)
+        l2 = getattr(props, "L2_cache_size", None)
+        if l2:
+            env["l2_cache_bytes"] = int(l2)
     else:
         env["device_name"] = f"CPU ({platform.processor() or platform.machine()})"
+    env["cpu"] = platform.processor() or platform.machine()  # eager host costs depend on it
     return env
 
 

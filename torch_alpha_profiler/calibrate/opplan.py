@@ -140,7 +140,7 @@ def _activation(target: float, rng: random.Random, channels=CHANNELS) -> Tuple[i
     return 1, 1, 1, max(1, int(target))
 
 
-def make_op_plan(per_kind: int = 24, seed: int = 0, matmuls: int = 80, attention: int = 40,
+def make_op_plan(per_kind: int = 20, seed: int = 0, matmuls: int = 64, attention: int = 32,
                  max_elements: int = MAX_ELEMENTS) -> List[Dict[str, str]]:
     """The op calibration plan: ``per_kind`` sizes of each stream kind, random bmm and sdpa shapes.
 

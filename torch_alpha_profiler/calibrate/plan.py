@@ -208,7 +208,7 @@ def config_key(r: Dict[str, str]) -> str:
     return key + "," + layout if layout and layout != "nchw" else key
 
 
-def channels_last_plan(plan: List[Dict[str, str]], every: int = 3) -> List[Dict[str, str]]:
+def channels_last_plan(plan: List[Dict[str, str]], every: int = 10) -> List[Dict[str, str]]:
     """Every ``every``-th Conv2d row of ``plan`` with a channels-last (NHWC) input."""
     convs = [r for r in plan if r["kind"] == "Conv2d"]
     return [dict(r, layout="nhwc") for r in convs[::every]]
