@@ -26,6 +26,54 @@ def test_shipped_profile_is_reproduced_by_fit(name, csv):
     assert refit.provenance["fit"]["mape_pct"] == pytest.approx(shipped.provenance["fit"]["mape_pct"], rel=1e-6)
 
 
+def _assert_close(a, b, path=""):
+    if isinstance(b, dict):
+        assert set(a) == set(b), path
+        for key in b:
+            _assert_close(a[key], b[key], f"{path}.{key}")
+    elif isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-12), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("name,dtype", [("h100-fp32", "float32"), ("h100-bf16", "bfloat16")])
+def test_shipped_op_host_and_channels_last_sections_are_reproduced(name, dtype):
+    """The op classes, host costs and channels-last parameters refit from the committed CSVs."""
+    import csv
+
+    from torch_alpha_profiler.fit import fit_channels_last
+    from torch_alpha_profiler.opfit import fit_host, fit_ops
+    from torch_alpha_profiler.tables import read_layer_table, with_default_dtype
+
+    shipped = load_profile(name, warn_device=False)
+
+    def rows(suffix):
+        with open(os.path.join(DATA, f"calib-{dtype}-{suffix}.csv"), newline="") as f:
+            return list(csv.DictReader(f))
+
+    ops = fit_ops(rows("ops"), l2_bytes=shipped.provenance["l2_cache_bytes"])
+    _assert_close({k: v for k, v in ops.items() if k != "fit"},
+                  {k: v for k, v in shipped.ops.items() if k != "fit"})
+    _assert_close(fit_host(rows("host")), dict(shipped.host))
+    nhwc = with_default_dtype(read_layer_table(os.path.join(DATA, f"calib-{dtype}-nhwc.csv")), dtype)
+    cl = fit_channels_last(nhwc, "axes", shipped.parameters)
+    _assert_close(cl["parameters"], dict(shipped.channels_last["parameters"]))
+
+
+@pytest.mark.parametrize("name", ["h100-fp32", "h100-bf16"])
+def test_shipped_profiles_cost_whole_models(name):
+    """Every op class the zoo uses is in the profile; whole-model GPU time exceeds the layers'."""
+    from torch_alpha_profiler.cli import _profile_model
+
+    p = _profile_model("mobilenet_v3_small", 1, (224, 224), load_profile(name, warn_device=False), "meta")
+    assert p.scope == "model" and p.ops
+    assert all(o.predicted_ms is not None and o.predicted_ms > 0 for o in p.ops)
+    assert p.predicted_ms > p.layers_ms > 0
+    assert p.eager_ms > p.predicted_ms  # batch 1: the CPU's launches dominate
+    assert p.not_costed() == []
+
+
 def test_axes_family_classes_and_monotone_in_size():
     fam = get_family("axes")
     p = load_profile("h100-fp32", warn_device=False).parameters

@@ -19,7 +19,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .opcost import L2_BYTES, MATRIX, STREAM_BOUNDS, STREAM_NEUTRAL, STREAM_PARAMS, matrix_arrays, stream_ms
+from .opcost import L2_BYTES, MATRIX, STREAM_BOUNDS, STREAM_NEUTRAL, STREAM_PARAMS, STREAM_PINNED, matrix_arrays, \
+    stream_ms
 from .ops import HOST_CLASSES, INNER_RULES, STREAM_CLASSES, Piece, canonical, inner_size
 
 MIN_OPERATOR_ROWS = 8  # an operator with fewer calibration rows uses its class's parameters
@@ -90,9 +91,10 @@ def row_inner(r: Mapping[str, str]) -> int:
     return inner_size(row_operator(r), input_shape(r["op"], tuple(int(r[f"d{j}"]) for j in range(4))))
 
 
-def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[str, float]] = None,
+def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[str, float]] = STREAM_PINNED,
             l2_bytes: float = L2_BYTES) -> Dict[str, object]:
-    """The profile's 'ops' section from op-calibration rows (opmeasure.OP_RESULT_COLUMNS)."""
+    """The profile's 'ops' section from op-calibration rows (opmeasure.OP_RESULT_COLUMNS);
+    ``stream_fixed`` pins stream parameters (by default the shipped form's STREAM_PINNED)."""
     from .fit import fit_parameters, residual_stats
 
     rows = _ok_rows(rows)

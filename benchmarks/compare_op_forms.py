@@ -1,0 +1,150 @@
+"""Choose the forms of the op classes and of the channels-last refit by cross-validated error.
+
+    python benchmarks/compare_op_forms.py [--data benchmarks/data] [--out docs/forms-ops.md]
+
+Reads the op calibration (`calib-DTYPE-ops.csv`) and the channels-last Conv2d
+calibration (`calib-DTYPE-nhwc.csv`, with the NCHW `calib-DTYPE.csv` for the
+parameters kept). Every calibration row is predicted by a fit that did not see
+it (5 folds). As for the layer family (docs/forms.md), an effect stays when
+switching it off raises the CV MAPE by at least 0.5 points in at least one
+dtype. Whole models are not used here: they stay an honest test.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from torch_alpha_profiler.families import get_family  # noqa: E402
+from torch_alpha_profiler.fit import CHANNELS_LAST_FREE, fit_parameters, fit_profile  # noqa: E402
+from torch_alpha_profiler.layers import take  # noqa: E402
+from torch_alpha_profiler.opcost import STREAM_NEUTRAL, STREAM_PINNED, stream_ms  # noqa: E402
+from torch_alpha_profiler.opfit import _ok_rows, fit_stream_class, row_inner, row_operator  # noqa: E402
+from torch_alpha_profiler.ops import INNER_RULES, STREAM_CLASSES  # noqa: E402
+from torch_alpha_profiler.tables import read_layer_table, with_default_dtype  # noqa: E402
+
+FOLDS, SEED = 5, 0
+SHIPPED = "shipped: floor, bandwidth, L2 term, inner axis"
+STREAM_VARIANTS = [
+    # (label, pins, inner axis for INNER_RULES operators): the shipped form, one effect off or on at a time
+    (SHIPPED, STREAM_PINNED, True),
+    ("without the inner-axis saturation", STREAM_PINNED, False),
+    ("without the L2-cache term", dict(STREAM_PINNED, l2_ratio=1.0), True),
+    ("with a saturation on the bytes axis too (not shipped)", {}, True),
+    ("floor + bandwidth only", dict(STREAM_PINNED, l2_ratio=1.0), False),
+]
+
+
+def _folds(n):
+    return np.random.default_rng(SEED).integers(0, FOLDS, n)
+
+
+def stream_cv(rows, pins, inner_axis, per_operator):
+    """CV predictions of the stream rows: per class, or per operator (class fallback as shipped)."""
+    nbytes = np.array([float(r["nbytes"]) for r in rows])
+    t = np.array([float(r["time_ms"]) for r in rows])
+    cls = np.array([r["cls"] for r in rows])
+    ops = np.array([row_operator(r) for r in rows])
+    inner = np.array([row_inner(r) for r in rows], dtype=np.float64)
+    folds = _folds(len(rows))
+    pred = np.zeros(len(rows))
+    for k in range(FOLDS):
+        train, test = folds != k, folds == k
+        for c in STREAM_CLASSES:
+            groups = sorted(set(ops[cls == c])) if per_operator else [None]
+            for op in groups:
+                sel = (cls == c) & (ops == op) if op is not None else cls == c
+                fit_rows = sel & train
+                if fit_rows.sum() < 8:  # as opfit: too few rows for an operator -> its class
+                    fit_rows = (cls == c) & train
+                    use_inner = None
+                else:
+                    use_inner = inner[fit_rows] if inner_axis and op in INNER_RULES else None
+                p = fit_stream_class(nbytes[fit_rows], t[fit_rows], pins, use_inner)
+                pred[sel & test] = stream_ms(nbytes[sel & test], p, inner[sel & test])
+    return pred, t, cls
+
+
+def channels_last_cv(nchw, nhwc, family, free):
+    """CV predictions of the channels-last rows; ``free``: parameters refitted (None: none, 'all')."""
+    fam = get_family(family)
+    base = fit_profile(nchw, family=family, keep_data=False).parameters
+    folds = _folds(len(nhwc))
+    pred = np.zeros(len(nhwc))
+    for k in range(FOLDS):
+        train, test = folds != k, folds == k
+        if free is None:
+            params = base
+        elif free == "all":
+            params = fit_parameters(fam, take(nhwc.arrays, train), nhwc.time_ms[train])
+        else:
+            fixed = {}
+            for key in fam.bounds():
+                c, _, name = key.rpartition(".")
+                if name not in free:
+                    fixed[key] = base["classes"][c][name] if c else base[key]
+            params = fit_parameters(fam, take(nhwc.arrays, train), nhwc.time_ms[train], fixed=fixed)
+        pred[test] = fam.predict_ms(take(nhwc.arrays, test), params)
+    return pred
+
+
+def _ape(pred, t):
+    return np.abs(pred / t - 1) * 100
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "data"))
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--out", default="docs/forms-ops.md")
+    args = parser.parse_args(argv)
+    lines = ["# Choosing the forms of the op classes and of the channels-last refit", "",
+             "Made by `python benchmarks/compare_op_forms.py` from `benchmarks/data/calib-DTYPE-ops.csv` and "
+             "`calib-DTYPE-nhwc.csv` (H100, `bash benchmarks/gpu_campaign_ops.sh`). 5-fold cross-validation: "
+             "each calibration row is predicted by a fit that did not see it. An effect stays when switching "
+             "it off raises the CV MAPE by at least 0.5 points in at least one dtype.", ""]
+    for dtype in args.dtypes:
+        with open(os.path.join(args.data, f"calib-{dtype}-ops.csv"), newline="") as f:
+            rows = [r for r in _ok_rows(list(csv.DictReader(f))) if r["cls"] in STREAM_CLASSES]
+        lines += [f"## {dtype}: memory-bound operations ({len(rows)} calibration rows)", "",
+                  "| granularity | form | CV MAPE % | CV median APE % | " +
+                  " | ".join(f"{c} %" for c in STREAM_CLASSES) + " |",
+                  "|---|---|---:|---:|" + "---:|" * len(STREAM_CLASSES)]
+        for per_operator in (True, False):
+            for label, pins, inner_axis in (STREAM_VARIANTS if per_operator else STREAM_VARIANTS[:1]):
+                pins = dict(pins)
+                if not inner_axis:
+                    pins.update(h_inner=STREAM_NEUTRAL["h_inner"], g_inner=STREAM_NEUTRAL["g_inner"])
+                pred, t, cls = stream_cv(rows, pins, inner_axis, per_operator)
+                ape = _ape(pred, t)
+                by_class = " | ".join(f"{ape[cls == c].mean():.1f}" for c in STREAM_CLASSES)
+                gran = "per operator (class fallback)" if per_operator else "per class (one set for all its operators)"
+                lines.append(f"| {gran} | {label} | {ape.mean():.1f} | {np.median(ape):.1f} | {by_class} |")
+                print(dtype, gran, label, f"{ape.mean():.1f}", flush=True)
+        nchw = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
+        nhwc = with_default_dtype(read_layer_table(os.path.join(args.data, f"calib-{dtype}-nhwc.csv")), dtype)
+        shipped = CHANNELS_LAST_FREE["axes"]
+        lines += ["", f"## {dtype}: channels-last Conv2d ({len(nhwc)} calibration rows)", "",
+                  "The axes family's NCHW parameters (fitted on `calib-DTYPE.csv`), with some parameters refitted "
+                  "on the channels-last rows:", "",
+                  "| refitted per class | CV MAPE % | CV median APE % |", "|---|---:|---:|"]
+        for label, free in (("none (the NCHW parameters as they are)", None),
+                            ("tau, t0", ("tau_ms_per_mmac", "t0_ms")),
+                            ("tau, t0, bandwidth", ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s")),
+                            ("tau, t0, bandwidth, wave exponent (shipped)", shipped),
+                            ("all parameters", "all")):
+            ape = _ape(channels_last_cv(nchw, nhwc, "axes", free), nhwc.time_ms)
+            lines.append(f"| {label} | {ape.mean():.1f} | {np.median(ape):.1f} |")
+            print(dtype, "channels-last", label, f"{ape.mean():.1f}", flush=True)
+        lines.append("")
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
