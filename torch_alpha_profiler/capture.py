@@ -123,10 +123,11 @@ def to_records(calls) -> List[OpRecord]:
     records = []
     for name, mtype, op, cls, inputs, outputs, pieces, flops, seq, *_ in calls:
         packet = op.split(".")[0]
-        nbytes = stream_bytes(packet, inputs, outputs)
+        opname = canonical(packet)
+        # batch norm's saved statistics are empty in inference (meta kernels give them shape (C,))
+        nbytes = stream_bytes(packet, inputs, outputs[:1] if opname == "batch_norm" else outputs)
         if not pieces:
             item = outputs[0].itemsize if outputs else (inputs[0].itemsize if inputs else 4)
-            opname = canonical(packet)
             pieces = (Piece(cls, nbytes=nbytes, itemsize=item, op=opname,
                             inner=inner_size(opname, inputs[0].shape if inputs else ())),)
         dtype = (inputs[0] if inputs else outputs[0]).dtype if (inputs or outputs) else "float32"

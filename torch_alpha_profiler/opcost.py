@@ -39,7 +39,7 @@ STREAM_PARAMS = ("t0_ms", "bw_gb_per_s", "h_bytes", "g", "l2_ratio", "h_inner", 
 STREAM_BOUNDS = {"t0_ms": Bound(2e-3, 1e-5, 1.0, log=True),
                  "bw_gb_per_s": Bound(2000.0, 1.0, 1e5, log=True),
                  "h_bytes": Bound(1e5, 1.0, 1e10, log=True),
-                 "g": Bound(0.5, 0.0, 2.0),
+                 "g": Bound(0.5, 0.0, 1.0),  # above 1, fewer bytes would cost more
                  "l2_ratio": Bound(0.6, 0.1, 1.0),
                  "h_inner": Bound(8.0, 1e-3, 1e6, log=True),
                  "g_inner": Bound(0.5, 0.0, 2.0)}

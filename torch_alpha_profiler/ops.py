@@ -38,7 +38,7 @@ relu relu_ clamp clamp_ clamp_min clamp_min_ clamp_max clamp_max_ hardtanh hardt
 sigmoid sigmoid_ silu silu_ gelu gelu_ hardswish hardswish_ hardsigmoid hardsigmoid_ tanh tanh_
 leaky_relu leaky_relu_ elu elu_ softplus mish mish_ erf erf_ sign
 masked_fill masked_fill_ where eq ne lt le gt ge logical_not logical_and bitwise_not
-fill fill_ zero_ zeros zeros_like ones ones_like full full_like new_zeros new_ones new_full
+fill fill_ zero_ zeros zeros_like ones ones_like full full_like new_zeros new_ones new_full scalar_tensor
 addcmul addcdiv lerp maximum minimum floor ceil round remainder fmod
 native_dropout bernoulli_ uniform_ normal_ rand randn rand_like randn_like arange
 """.split()
@@ -63,7 +63,7 @@ _upsample_nearest_exact2d _upsample_bilinear2d_aa tril triu lift_fresh_copy _ind
 # no kernel of their own: allocations, metadata, views the schema does not mark as such
 _FREE = """
 empty empty_like empty_strided new_empty new_empty_strided lift_fresh _unsafe_view detach
-resize_ set_ sym_size sym_stride sym_numel sym_storage_offset is_same_size _local_scalar_dense
+resize_ set_ as_strided_ sym_size sym_stride sym_numel sym_storage_offset is_same_size _local_scalar_dense
 dropout feature_dropout alpha_dropout
 """.split()
 _MATMUL = ("bmm", "baddbmm")

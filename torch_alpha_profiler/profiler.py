@@ -70,6 +70,7 @@ class AlphaProfiler:
         if scope == "auto":
             scope = "model" if self._profile is None or self._profile.ops is not None else "layers"
         self.scope = scope
+        self._composites: List[str] = []  # modules costed as one operation (nn.MultiheadAttention)
         self._seq = itertools.count()  # call order shared by layer hooks and op capture
         self._layer_order: List[tuple] = []  # (call order, module calls so far) of each layer record
         self._stack = None
@@ -99,10 +100,14 @@ class AlphaProfiler:
             for name, module in modules:
                 entry = registry.resolve(type(module))
                 composite = self._stack is not None and isinstance(module, registry.COSTED_AS_OPS)
+                uncosted = entry is None and registry.is_uncosted_compute(module, self.scope)
+                if composite:
+                    self._composites.append(name)
                 if self._stack is not None:
-                    # inside a costed layer or a composite module, single ops are not recorded
+                    # inside a costed layer, a composite module or a layer listed as not costed,
+                    # single ops are not recorded (the layer is costed, or listed, whole)
                     self._handles.append(module.register_forward_pre_hook(
-                        self._stack.pre_hook(name, entry is not None or composite)))
+                        self._stack.pre_hook(name, entry is not None or composite or uncosted)))
                 if composite:
                     self._handles.append(module.register_forward_hook(self._composite_hook(name), with_kwargs=True))
                 if entry is not None:
@@ -155,6 +160,11 @@ class AlphaProfiler:
             order.append((next(seq), stack.module_calls, stack.view_calls) if stack is not None
                          else (next(seq), 0, 0))
             self._costed = None
+            if nhwc and output.dim() == 4 and not output.is_contiguous(memory_format=_NHWC):
+                # a GPU or CPU convolution keeps a channels-last input's layout; the meta kernel (the
+                # shape-only passes) does not, and later layers' layouts, hence costs, follow it
+                return output.contiguous(memory_format=_NHWC)
+            return None
 
         return hook
 
@@ -289,9 +299,11 @@ class AlphaProfiler:
         (Conv1d, Conv3d, ConvTranspose2d, ...), costed layers that were never called, and
         (scope "model") operators with no cost class or none in the profile, by name and count."""
         called = {r.name for r in self._recorded()}
+        inside = tuple(c + "." for c in self._composites)  # their projections are costed with them
         uncalled = [NotCosted(name, kind, (), "never called in the profiled forward: unused, or "
                               "its weights were used functionally (e.g. F.linear, costed as an op)")
-                    for name, kind in self._hooked if name not in called]
+                    for name, kind in self._hooked
+                    if name not in called and not (inside and name.startswith(inside))]
         by_op: Counter = Counter()
         for (_, _, op), n in self._uncosted_ops.items():
             by_op[op] += n

@@ -1,0 +1,246 @@
+"""Channels-last (NHWC) convolutions: recorded by the profiler, read from a layer table, costed apart.
+
+A Conv2d whose 4-D input is in channels-last memory format runs other
+kernels; the profiler flags it, the layer table's 'layout' column says it,
+and cost.evaluate uses the profile's 'channels_last' parameters for those
+rows only. Calibration times a slice of its Conv2d plan again in NHWC.
+"""
+import copy
+import csv
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from torch_alpha_profiler import AlphaProfiler
+from torch_alpha_profiler import profile as profile_mod
+from torch_alpha_profiler.calibrate.measure import RESULT_COLUMNS, build_layer, measure_plan
+from torch_alpha_profiler.calibrate.plan import channels_last_plan, config_key, make_plan, row
+from torch_alpha_profiler.calibrate.timers import Measurement
+from torch_alpha_profiler.cost import attach_costs, evaluate
+from torch_alpha_profiler.layers import concat, from_records, make_arrays, take
+from torch_alpha_profiler.profile import load_profile, profile_from_dict
+from torch_alpha_profiler.shapes import ShapeOnlyMode
+from torch_alpha_profiler.tables import LayerTableError, parse_layer_table, read_layer_table
+from torch_alpha_profiler.zoo import build_model
+
+
+@pytest.fixture(autouse=True)
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(profile_mod, "current_device_name", lambda: None)
+
+
+def nhwc_profile(base="h100-fp32", factor=3.0):
+    """``base`` with a channels-last parameter set that is deliberately different: every class's
+    compute factor and floor times ``factor``."""
+    p = load_profile(base, warn_device=False)
+    params = copy.deepcopy(dict(p.parameters))
+    for values in params["classes"].values():
+        values["tau_ms_per_mmac"] *= factor
+        values["t0_ms"] *= factor
+    return dataclasses.replace(p, schema_version=2, channels_last={"parameters": params})
+
+
+def plain_profile(base="h100-fp32"):
+    return dataclasses.replace(load_profile(base, warn_device=False), channels_last=None)
+
+
+# ------------------------------------------------------------------ profiler
+@pytest.fixture(scope="module")
+def convnext():
+    model = build_model("convnext_tiny", device="meta")
+    with AlphaProfiler(model, profile=plain_profile(), scope="layers") as p, torch.no_grad():
+        model(torch.empty(1, 3, 224, 224, device="meta"))
+    return p
+
+
+def test_convnext_depthwise_convs_after_a_permute_are_channels_last(convnext):
+    records = convnext.records
+    convs = [r for r in records if r.kind == "Conv2d"]
+    nhwc = [r for r in records if r.channels_last]
+    assert (len(records), len(convs), len(nhwc)) == (59, 22, 21)
+    assert all(r.kind == "Conv2d" for r in nhwc)
+    # LayerNorm2d and each block end in a permute back to NCHW: a channels-last view. It feeds the
+    # 2x2 downsampling convs and every depthwise 7x7 conv (the first of stages 2-4 through the
+    # downsampling conv's output, which keeps the layout, as on a GPU)
+    dw = [r for r in nhwc if r.groups == r.in_channels]
+    assert len(dw) == 18 and all(r.kernel == (7, 7) for r in dw)
+    assert sorted(r.name for r in nhwc if r not in dw) == ["features.2.1", "features.4.1", "features.6.1"]
+    assert all(r.kernel == (2, 2) and r.stride == (2, 2) for r in nhwc if r not in dw)
+    assert not next(r for r in convs if r.name == "features.0.0").channels_last  # the stem
+
+
+def test_resnet18_has_no_channels_last_conv():
+    model = build_model("resnet18", device="meta")
+    with AlphaProfiler(model, scope="layers") as p, torch.no_grad():
+        model(torch.empty(1, 3, 224, 224, device="meta"))
+    assert len(p.records) == 21 and not any(r.channels_last for r in p.records)
+
+
+class TwoConvs(nn.Module):
+    """A channels-last input through two convolutions, as ConvNeXt's downsampling then depthwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 8, 2, stride=2)
+        self.b = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        return self.b(self.a(x.contiguous(memory_format=torch.channels_last)))
+
+
+def _layouts(device, hybrid=False):
+    model = TwoConvs().to("meta" if hybrid else device)
+    x = torch.zeros(1, 4, 8, 8, device="cpu" if hybrid else device)
+    mode = ShapeOnlyMode() if hybrid else torch.no_grad()
+    with AlphaProfiler(model, scope="layers") as p, torch.no_grad(), mode:
+        model(x)
+    return [r.channels_last for r in p.records]
+
+
+def test_channels_last_input_of_the_first_conv_is_seen_by_every_pass():
+    assert _layouts("cpu")[0] and _layouts("meta")[0] and _layouts("cpu", hybrid=True)[0]
+
+
+def test_meta_and_hybrid_passes_see_the_layout_a_conv_output_keeps():
+    assert _layouts("cpu") == [True, True]
+    assert _layouts("meta") == [True, True]
+    assert _layouts("cpu", hybrid=True) == [True, True]
+
+
+def test_profiler_costs_channels_last_records_with_their_own_parameters(convnext):
+    raw = convnext.records
+    plain = attach_costs(raw, plain_profile())
+    nhwc = attach_costs(raw, nhwc_profile())
+    for r, a, b in zip(raw, plain, nhwc):
+        if r.channels_last:
+            assert b.predicted_ms > a.predicted_ms, r.name
+        else:
+            assert b.predicted_ms == a.predicted_ms and b.alpha == a.alpha, r.name
+    # the profiler itself picks the parameter set up
+    model = build_model("convnext_tiny", device="meta")
+    with AlphaProfiler(model, profile=nhwc_profile(), scope="layers") as p, torch.no_grad():
+        model(torch.empty(1, 3, 224, 224, device="meta"))
+    assert [r.predicted_ms for r in p.records] == [r.predicted_ms for r in nhwc]
+    assert p.layers_ms > sum(r.predicted_ms for r in plain)
+
+
+# -------------------------------------------------------------------- tables
+LAYOUT_TABLE = ("kind,Cin,Cout,H,W,K1,K2,layout\n"
+                "Conv2d,8,8,7,7,3,3,\n"
+                "Conv2d,8,8,7,7,3,3,nchw\n"
+                "Conv2d,8,8,7,7,3,3,nhwc\n"
+                "Conv2d,8,8,7,7,3,3,channels_last\n"
+                "Linear,64,64,1,1,1,1,nhwc\n")
+
+
+def test_layout_column_parses():
+    t = parse_layer_table(LAYOUT_TABLE)
+    assert t.arrays.channels_last.tolist() == [False, False, True, True, False]  # Linear rows: no layout
+    # the reference parser (cells with spaces) reads the same
+    spaced = LAYOUT_TABLE.replace(",nhwc\n", ", nhwc\n")
+    assert parse_layer_table(spaced).arrays.channels_last.tolist() == t.arrays.channels_last.tolist()
+    # no column: NCHW everywhere
+    assert not parse_layer_table("Cin,Cout,H,W,K1,K2\n8,8,7,7,3,3\n").arrays.channels_last.any()
+
+
+@pytest.mark.parametrize("bad,spaces", [("NHWC", False), ("cl", False), ("channels-last", True), ("chw", True)])
+def test_bad_layout_names_the_line_and_the_column(bad, spaces):
+    text = LAYOUT_TABLE.replace("7,7,3,3,channels_last", f"7,7,3,3,{bad}")
+    if spaces:  # sends the file to the reference parser
+        text = text.replace("Conv2d,8,8,7,7,3,3,\n", "Conv2d, 8,8,7,7,3,3,\n")
+    with pytest.raises(LayerTableError) as e:
+        parse_layer_table(text, "t.csv")
+    msg = str(e.value)
+    assert msg.startswith("t.csv line 5: column 'layout'"), msg
+    assert msg.endswith(f"got {bad!r}")
+
+
+# ---------------------------------------------------------------------- cost
+def test_evaluate_uses_channels_last_parameters_for_channels_last_rows_only():
+    # conv 3x3 NCHW, the same NHWC, depthwise NHWC, 1x1 NHWC, Linear
+    kw = dict(is_linear=[False, False, False, False, True], N=[8, 8, 8, 8, 64], Cin=[64, 64, 96, 64, 512],
+              Cout=[64, 64, 96, 128, 1000], Hin=[28, 28, 28, 14, 1], Win=[28, 28, 28, 14, 1],
+              Hout=[28, 28, 28, 14, 1], Wout=[28, 28, 28, 14, 1], K1=[3, 3, 7, 1, 1], K2=[3, 3, 7, 1, 1],
+              stride=[1] * 5, groups=[1, 1, 96, 1, 1])
+    arrays = make_arrays(channels_last=[False, True, True, True, False], **kw)
+    nchw_only = make_arrays(**kw)
+    plain, nhwc = plain_profile(), nhwc_profile()
+    base = evaluate(arrays, plain)
+    got = evaluate(arrays, nhwc)
+    np.testing.assert_array_equal(evaluate(nchw_only, nhwc).predicted_ms, base.predicted_ms)
+    changed = got.predicted_ms != base.predicted_ms
+    assert changed.tolist() == [False, True, True, True, False]
+    # the channels-last rows cost what the NHWC parameter set says
+    as_nhwc = dataclasses.replace(plain, parameters=nhwc.channels_last["parameters"])
+    np.testing.assert_allclose(got.predicted_ms[changed], evaluate(arrays, as_nhwc).predicted_ms[changed],
+                               rtol=1e-12)
+    np.testing.assert_allclose(got.alpha[changed], evaluate(arrays, as_nhwc).alpha[changed], rtol=1e-12)
+    # MACs and FLOPs do not depend on the layout
+    np.testing.assert_array_equal(got.macs, base.macs)
+    # rows 1 and 0 are the same layer in the two layouts
+    assert got.predicted_ms[1] > got.predicted_ms[0]
+
+
+def test_channels_last_profile_section_round_trips(tmp_path):
+    p = nhwc_profile()
+    p.save(str(tmp_path / "p.json"))
+    q = load_profile(str(tmp_path / "p.json"))
+    assert q.channels_last == p.channels_last
+    assert profile_from_dict(q.to_dict()).channels_last["parameters"]["classes"]["conv1x1"]["t0_ms"] == \
+        pytest.approx(3 * p.parameters["classes"]["conv1x1"]["t0_ms"])
+
+
+def test_layer_arrays_keep_the_layout():
+    a = make_arrays(is_linear=[False, False], N=[1, 2], Cin=[8, 8], Cout=[8, 8], Hin=[4, 4], Win=[4, 4],
+                    Hout=[4, 4], Wout=[4, 4], K1=[3, 3], K2=[3, 3], stride=[1, 1], groups=[1, 1],
+                    channels_last=[True, False])
+    assert a.channels_last.dtype == bool
+    assert take(a, [1, 0]).channels_last.tolist() == [False, True]
+    assert concat([a, a]).channels_last.tolist() == [True, False, True, False]
+    model = TwoConvs()
+    with AlphaProfiler(model) as p, torch.no_grad():
+        model(torch.randn(1, 4, 8, 8))
+    assert from_records(p.records).channels_last.tolist() == [True, True]
+
+
+# --------------------------------------------------------------- calibration
+def test_channels_last_plan_and_config_key():
+    plan = make_plan(scale=0)
+    nhwc = channels_last_plan(plan, every=2)
+    convs = [r for r in plan if r["kind"] == "Conv2d"]
+    assert len(nhwc) == len(convs[::2]) and all(r["layout"] == "nhwc" and r["kind"] == "Conv2d" for r in nhwc)
+    assert all(dict(r, layout="") == dict(c, layout="") for r, c in zip(nhwc, convs[::2]))
+    # the layout is part of a configuration's identity; '' and 'nchw' are the same
+    r = row("s", N=1, Cin=8, Cout=8, H=8, W=8, K=3)
+    assert config_key(dict(r, layout="nchw")) == config_key(dict(r, layout="")) == config_key(r)
+    assert config_key(dict(r, layout="nhwc")) != config_key(r)
+    assert {config_key(x) for x in nhwc}.isdisjoint(config_key(x) for x in plan)
+
+
+def test_nhwc_rows_are_built_measured_and_read_back_channels_last(tmp_path):
+    r = dict(row("s", N=1, Cin=8, Cout=8, H=8, W=8, K=3), layout="nhwc")
+    layer, x = build_layer(r, "cpu", "float32")
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    _, x = build_layer(dict(r, layout="nchw"), "cpu", "float32")
+    assert x.is_contiguous()
+
+    class Fake:
+        def measure(self, fn):
+            fn()
+            return Measurement((0.02,), 1)
+
+    plan = channels_last_plan(make_plan(scale=0, random_count=0), every=3)
+    out = str(tmp_path / "nhwc.csv")
+    measure_plan(plan, out, device="cpu", timer=Fake())
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(RESULT_COLUMNS) and all(r["layout"] == "nhwc" for r in rows)
+    t = read_layer_table(out)
+    assert len(t) == len(plan) and t.arrays.channels_last.all()
+    # resume: the NHWC rows are done, the NCHW twins are not
+    assert measure_plan(plan, out, device="cpu", timer=Fake()) == []
+    twins = [dict(x, layout="") for x in plan]
+    assert len(measure_plan(twins, out, device="cpu", timer=Fake())) == len(plan)
