@@ -250,12 +250,17 @@ def cmd_report(args):
              "default math mode: TF32 convolutions, full-fp32 matmuls) with "
              "`torch_alpha_profiler.calibrate.timers.CudaGraphTimer` (CUDA events around CUDA-graph "
              "replays, median of 5 blocks):", "",
-             "- `calib-DTYPE.csv`: the calibration plan (`alpha-profiler calibrate`, plan v2, 3,262 layers; "
-             "log in `calibration-plan2.log`); the shipped profiles are fitted on it;",
-             "- `heldout-DTYPE.csv`, `model-layer-times-DTYPE.csv`, `models-DTYPE.csv`: "
+             "- `calib-DTYPE.csv` (+ `-ops.csv`, `-host.csv`, `-nhwc.csv`): the calibration (`alpha-profiler "
+             "calibrate`, plan v2, 3,262 layers, 416 other operations, host costs, 289 channels-last layers), "
+             "run by `bash benchmarks/gpu_campaign_ops.sh` (log `gpu-campaign-ops.log`); the shipped profiles "
+             "are fitted on it. `previous/` keeps the layer calibration of an earlier campaign (plan v2 too, "
+             "log `calibration-plan2.log`), `earlier-runs/` the whole-model and host times of two earlier runs "
+             "of `gpu_campaign_ops.sh`;",
+             "- `heldout-DTYPE.csv`, `model-layer-times-DTYPE.csv`: "
              "`bash benchmarks/gpu_campaign.sh DTYPE` (logs `gpu-campaign-DTYPE.log`): 300 random layers "
-             "outside the plan, every Conv2d/Linear configuration of 31 torchvision models at batch 1 and 32 "
-             "timed alone, and the whole models as CUDA graphs;",
+             "outside the plan and every Conv2d/Linear configuration of 31 torchvision models at batch 1 and 32, "
+             "each timed alone;",
+             "- `models-DTYPE.csv`: the whole models as CUDA graphs and eagerly, in the run of the calibration;",
              "- `heldout-repeat-DTYPE.csv`: the held-out layers timed again at the end of the same run.",
              "", "MAPE = mean absolute percentage error; APE = absolute percentage error.", ""]
     plots = []
@@ -376,7 +381,7 @@ def whole_model_section(args, dtype, profile_name):
         eager_pred = np.array([preds[k].eager_ms for k in keys])
         scaled = flops * np.median(graph / flops)
         for label, pred, meas, vs in (("FLOPs x constant", scaled, graph, "graph"),
-                                      ("Conv2d+Linear only (issue 3)", layers, graph, "graph"),
+                                      ("Conv2d+Linear only", layers, graph, "graph"),
                                       ("whole model (`predicted_ms`)", whole, graph, "graph"),
                                       ("eager (`eager_ms`)", eager_pred, eager, "eager")):
             st = _stats(pred, meas)
@@ -528,9 +533,10 @@ WHERE_IT_MISSES = """
 - **Tiny layers at batch 1** (mobilenets, efficientnets, mnasnet, shufflenet) are overpredicted by
   25-35% per model: their layers run in 2-4 us, below the per-class floors `t0_ms` that the
   calibration's own small layers suggest.
-- **Whole-model ranking** needs the other operations (BatchNorm, activations, attention; see the
-  whole-model issue): the measured Conv2d+Linear sum itself ranks whole-model time only at the
-  'ceiling' Spearman above, lower still in bf16, where memory-bound operations weigh more.
+- **Whole-model ranking** needs the other operations (BatchNorm, activations, attention): the
+  measured Conv2d+Linear sum itself ranks whole-model time only at the 'ceiling' Spearman above,
+  lower still in bf16, where memory-bound operations weigh more. The whole-model sections below
+  cost every operation.
 - **Timer history**: the first campaign (kept in `benchmarks/data/run1/`) sized its blocks from an
   eager call, which left launch gaps in the blocks of slow layers and read small layers 7-10% high
   on average; the timer now sizes blocks from one-call graph replays and keeps at least 3 replays

@@ -112,6 +112,8 @@ class _Bar:
 
 # ------------------------------------------------------------- subcommands
 def _check_mode(args, profile) -> None:
+    if args.mode == "eager" and args.scope == "layers":
+        raise CliError("--mode eager predicts the whole forward's launches: it needs --scope model (or auto)")
     if args.mode == "eager" and profile.host is None:
         raise CliError(f"--mode eager needs a profile with host (CPU launch) costs; {profile.name!r} has "
                        "none (the h100-* profiles do; 'alpha-profiler calibrate' measures them)")
@@ -169,11 +171,12 @@ def cmd_compare(args) -> int:
 
     profile = load_profile(args.profile)
     _check_mode(args, profile)
-    rows = []
+    rows, scope = [], args.scope
     for name in args.models:
         for batch in args.batch:
             p = _profile_model(name, batch, _input_size(args, name), profile, args.device, args.scope)
-            eager = p.eager_ms if args.scope == "model" else None
+            scope = p.scope  # "auto" resolved by the profile
+            eager = p.eager_ms if scope == "model" else None
             rows.append({"model": name, "batch": batch, "flops": p.total_flops,
                          "alpha_flops": p.total_alpha_flops,
                          "predicted_ms": eager if args.mode == "eager" else p.predicted_ms,
@@ -211,7 +214,7 @@ def cmd_compare(args) -> int:
                                        f"predicted {args.mode} ms", "rank by FLOPs", "rank by time",
                                        "calls not costed"],
                         floatfmt=("", "", ".3f", ".3f", ".3f", "", "", ""))
-        what = ("every operation" if args.scope == "model" else "Conv2d and Linear layers only")
+        what = ("every operation" if scope == "model" else "Conv2d and Linear layers only")
         when = ("GPU time, kernels back to back as in a CUDA graph" if args.mode == "gpu"
                 else "eager PyTorch, CPU launches included")
         _emit(f"profile {profile.name} ({profile.device_name}); {what}; {when}\n" + text, args.out)
