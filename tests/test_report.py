@@ -107,7 +107,8 @@ def test_summary_and_json():
     # MACs = (2e6 + 1e6 + 4e6) / 2 = 3.5e6
     assert s == {"profile": "t2000-paper", "device": "Quadro T2000", "layers": 3, "ops": 0, "macs": 3_500_000,
                  "flops": 7_000_000, "alpha_flops": 2_500_000.0, "layers_ms": 8.0, "ops_ms": 0.0,
-                 "predicted_ms": 8.0, "eager_ms": None, "bytes_moved": 0, "not_costed": []}
+                 "predicted_ms": 8.0, "eager_ms": None, "energy_j": None, "co2e_g": None,
+                 "grid_g_per_kwh": 480.0, "bytes_moved": 0, "not_costed": []}
     doc = json.loads(report.to_json(RECORDS, prof))
     assert [r["name"] for r in doc["records"]] == ["a.x", "a.y", "b"]
     assert doc["records"][1]["input_shape"] == [4, 16]

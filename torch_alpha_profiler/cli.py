@@ -119,7 +119,7 @@ def _check_mode(args, profile) -> None:
                        "none (the h100-* profiles do; 'alpha-profiler calibrate' measures them)")
 
 
-def _time_line(p, mode: str) -> str:
+def _time_line(p, mode: str, grid: Optional[float] = None) -> str:
     """One line that says what the predicted time covers."""
     parts = f"Conv2d/Linear {p.layers_ms:.3f} ms"
     if p.scope == "model":
@@ -128,6 +128,10 @@ def _time_line(p, mode: str) -> str:
     eager = p.eager_ms
     if eager is not None and p.scope == "model":
         text += f"\npredicted eager time (CPU launches included): {eager:.3f} ms"
+    joules = p.energy_j
+    if joules is not None:
+        text += (f"\npredicted GPU energy per forward: {joules * 1e3:.2f} mJ "
+                 f"({p.co2e_g(grid) * 1e3:.4f} mg CO2e at {grid or 480:g} g/kWh)")
     return text
 
 
@@ -139,7 +143,7 @@ def cmd_profile(args) -> int:
     p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device,
                        args.scope)
     if args.format == "json":
-        _emit(p.to_json(), args.out)
+        _emit(p.to_json(args.grid_intensity), args.out)
     elif args.format == "csv":
         _emit(p.to_csv(), args.out)
     elif args.format == "ops-csv":
@@ -147,7 +151,8 @@ def cmd_profile(args) -> int:
     else:
         head = (f"{args.model}, batch {args.batch}, profile {profile.name} ({profile.device_name}); "
                 f"FLOPs = 2 x multiply-accumulates\n")
-        _emit(head + p.table(depth=args.depth, top_k=args.top_k) + "\n" + _time_line(p, args.mode), args.out)
+        _emit(head + p.table(depth=args.depth, top_k=args.top_k) + "\n" + _time_line(p, args.mode, args.grid_intensity),
+              args.out)
     return 0
 
 
@@ -181,7 +186,8 @@ def cmd_compare(args) -> int:
                          "alpha_flops": p.total_alpha_flops,
                          "predicted_ms": eager if args.mode == "eager" else p.predicted_ms,
                          "gpu_ms": p.predicted_ms, "eager_ms": eager, "layers_ms": p.layers_ms,
-                         "ops_ms": p.ops_ms, "layers": len(p.records), "ops": len(p.ops),
+                         "ops_ms": p.ops_ms, "energy_j": p.energy_j, "co2e_g": p.co2e_g(args.grid_intensity),
+                         "layers": len(p.records), "ops": len(p.ops),
                          "not_costed": sum(_calls(n) for n in p.not_costed())})
     for batch in args.batch:
         group = [r for r in rows if r["batch"] == batch]
@@ -208,12 +214,14 @@ def cmd_compare(args) -> int:
     else:
         from tabulate import tabulate
 
-        body = [[r["model"], r["batch"], r["flops"] / 1e9, r["alpha_flops"] / 1e9, r["predicted_ms"],
-                 r["rank_flops"], r["rank_time"], r["not_costed"]] for r in rows]
+        energy = all(r["energy_j"] is not None for r in rows)
+        body = [[r["model"], r["batch"], r["flops"] / 1e9, r["alpha_flops"] / 1e9, r["predicted_ms"]]
+                + ([r["energy_j"] * 1e3] if energy else []) + [r["rank_flops"], r["rank_time"], r["not_costed"]]
+                for r in rows]
         text = tabulate(body, headers=["model", "batch", "GFLOPs (2xMAC)", "alpha-GFLOPs",
-                                       f"predicted {args.mode} ms", "rank by FLOPs", "rank by time",
-                                       "calls not costed"],
-                        floatfmt=("", "", ".3f", ".3f", ".3f", "", "", ""))
+                                       f"predicted {args.mode} ms"] + (["GPU energy mJ"] if energy else [])
+                        + ["rank by FLOPs", "rank by time", "calls not costed"],
+                        floatfmt=("", "", ".3f", ".3f", ".3f") + ((".1f",) if energy else ()) + ("", "", ""))
         what = ("every operation" if scope == "model" else "Conv2d and Linear layers only")
         when = ("GPU time, kernels back to back as in a CUDA graph" if args.mode == "gpu"
                 else "eager PyTorch, CPU launches included")
@@ -252,7 +260,7 @@ def cmd_fit(args) -> int:
         raise CliError(f"{args.table}: no positive, finite 'time_ms' values to fit")
     profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
                           provenance=provenance)
-    if args.ops or args.host or args.channels_last:
+    if args.ops or args.host or args.channels_last or args.power:
         from dataclasses import replace
 
         from .fit import fit_channels_last
@@ -264,6 +272,13 @@ def cmd_fit(args) -> int:
                 with_default_dtype(read_layer_table(args.channels_last), provenance["dtype"]), args.family,
                 profile.parameters)
             provenance["channels_last_source"] = args.channels_last
+        if args.power:
+            from .energy import fit_power
+
+            if not args.ops:
+                raise CliError("--power needs --ops (the op rows carry energy too)")
+            extra["power"] = fit_power(table, args.family, _read_rows(args.ops, ("cls", "time_ms")),
+                                       provenance.get("idle_power_w"))
         if args.ops:
             from .opcost import L2_BYTES
 
@@ -390,6 +405,9 @@ def create_parser() -> argparse.ArgumentParser:
         p.add_argument("--scope", default="auto", choices=("auto", "model", "layers"),
                        help="model: every operation; layers: Conv2d and Linear only; auto (default): "
                             "model when the profile has classes for the other operations")
+        p.add_argument("--grid-intensity", type=float, metavar="G",
+                       help="g CO2e per kWh of the electricity (default 480: world average 2023, Ember "
+                            "Global Electricity Review 2024), for co2e_g")
         p.add_argument("--mode", default="gpu", choices=("gpu", "eager"),
                        help="the time to predict: gpu (default) = kernels back to back, as in a CUDA "
                             "graph; eager = plain PyTorch, CPU launches included (needs a profile "
@@ -423,6 +441,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", metavar="CSV", help="also set eager host costs from this CSV (PREFIX-host.csv)")
     p.add_argument("--channels-last", metavar="CSV",
                    help="also fit the family to these channels-last Conv2d times (PREFIX-nhwc.csv)")
+    p.add_argument("--power", action="store_true",
+                   help="also set per-class board power from the energy_mj columns of TABLE and --ops")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_fit)
 

@@ -54,13 +54,19 @@ def attach_costs(records: Sequence[LayerRecord], profile: DeviceProfile) -> List
         return []
     costs = evaluate(from_records(records), profile)
     classes = get_family(profile.family).classes
+    watts = (profile.power or {}).get("layers", {})
+    energy = [None] * len(records)
+    if watts:
+        table = np.array([float(watts.get(c, np.nan)) for c in classes])
+        joules = table[costs.cost_class] * costs.predicted_ms / 1e3
+        energy = [None if j != j else j for j in joules.tolist()]
     # tolist() once per column: indexing numpy arrays element by element is 10x slower
     columns = zip(records, costs.macs.tolist(), costs.flops.tolist(), costs.alpha.tolist(),
-                  costs.alpha_flops.tolist(), costs.predicted_ms.tolist(), costs.cost_class.tolist())
+                  costs.alpha_flops.tolist(), costs.predicted_ms.tolist(), costs.cost_class.tolist(), energy)
     return [
         _with_costs(r, {"macs": macs, "flops": flops, "alpha": alpha, "alpha_flops": alpha_flops,
-                        "predicted_ms": ms, "cost_class": classes[cls]})
-        for r, macs, flops, alpha, alpha_flops, ms, cls in columns
+                        "predicted_ms": ms, "cost_class": classes[cls], "energy_j": joules})
+        for r, macs, flops, alpha, alpha_flops, ms, cls, joules in columns
     ]
 
 

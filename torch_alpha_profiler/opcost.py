@@ -140,12 +140,25 @@ def attach_op_costs(records: Sequence[OpRecord], profile) -> List[OpRecord]:
     if not pieces:
         return list(records)
     ms = pieces_ms(pieces, profile)
+    joules = pieces_energy_j(pieces, ms, profile)
     out, i = [], 0
     for r in records:
         value = float(np.sum(ms[i:i + len(r.pieces)]))
+        energy = float(np.sum(joules[i:i + len(r.pieces)]))
         i += len(r.pieces)
-        out.append(replace(r, predicted_ms=None if not np.isfinite(value) else value))
+        ok = np.isfinite(value)
+        out.append(replace(r, predicted_ms=value if ok else None,
+                           energy_j=energy if ok and np.isfinite(energy) else None))
     return out
+
+
+def pieces_energy_j(pieces: Sequence[Piece], ms: np.ndarray, profile) -> np.ndarray:
+    """Energy of each piece: its class's power (linear pieces: the Linear layers') x its time."""
+    power = profile.power or {}
+    layers, ops = power.get("layers", {}), power.get("ops", {})
+    watts = np.array([float(layers.get("linear", np.nan)) if p.cls == "linear"
+                      else float(ops.get(p.cls, np.nan)) for p in pieces])
+    return watts * ms / 1e3
 
 
 def op_classes_of(profile) -> Optional[List[str]]:

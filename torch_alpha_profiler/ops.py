@@ -177,6 +177,7 @@ class OpRecord:
     pieces: Tuple[Piece, ...] = ()
     call_index: int = 0  # position among all recorded calls (layers and ops)
     predicted_ms: Optional[float] = field(default=None)
+    energy_j: Optional[float] = None  # with a profile that has power data (energy.py)
 
 
 def _nbytes(t: TensorMeta) -> int:

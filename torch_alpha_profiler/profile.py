@@ -40,6 +40,8 @@ class DeviceProfile:
     host: Optional[Mapping[str, Any]] = None
     # the layer family's parameters fitted on channels-last (NHWC) convolutions
     channels_last: Optional[Mapping[str, Any]] = None
+    # board power per layer and op class while it runs (energy.py); None: energy unavailable
+    power: Optional[Mapping[str, Any]] = None
 
     @property
     def time_scale_ms_per_mmac(self) -> float:
@@ -71,6 +73,8 @@ class DeviceProfile:
             doc["host"] = _plain(self.host)
         if self.channels_last is not None:
             doc["channels_last"] = _plain(self.channels_last)
+        if self.power is not None:
+            doc["power"] = _plain(self.power)
         if self.fit_data is not None:
             doc["fit_data"] = _plain(self.fit_data)
         return doc
@@ -142,9 +146,11 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     fit_data = doc.get("fit_data")
     if fit_data is not None and not isinstance(fit_data, Mapping):
         raise ProfileError(f"{where}: field 'fit_data' must be an object")
-    ops, host, nhwc = doc.get("ops"), doc.get("host"), doc.get("channels_last")
-    if version < 2 and (ops is not None or host is not None or nhwc is not None):
-        raise ProfileError(f"{where}: fields 'ops', 'host' and 'channels_last' need schema_version 2")
+    ops, host, nhwc, power = doc.get("ops"), doc.get("host"), doc.get("channels_last"), doc.get("power")
+    if version < 2 and any(v is not None for v in (ops, host, nhwc, power)):
+        raise ProfileError(f"{where}: fields 'ops', 'host', 'channels_last' and 'power' need schema_version 2")
+    if power is not None:
+        _check_power(power, where)
     if nhwc is not None:
         if not isinstance(nhwc, Mapping) or not isinstance(nhwc.get("parameters"), Mapping):
             raise ProfileError(f"{where}: field 'channels_last' must be an object with 'parameters'")
@@ -156,7 +162,7 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
         provenance=prov, fit_data=fit_data, schema_version=version, ops=ops, host=host,
-        channels_last=nhwc,
+        channels_last=nhwc, power=power,
     )
 
 
@@ -227,6 +233,19 @@ def _check_ops(ops, where: str) -> None:
     unknown = set(ops) - {"stream", "operators", "l2_bytes", "matmul", "attention", "fit"}
     if unknown:
         raise ProfileError(f"{where}: unknown field 'ops.{sorted(unknown)[0]}'")
+
+
+def _check_power(power, where: str) -> None:
+    """The 'power' section: watts per layer class and per op class, all positive."""
+    if not isinstance(power, Mapping):
+        raise ProfileError(f"{where}: field 'power' must be an object")
+    for group in ("layers", "ops"):
+        table = power.get(group, {})
+        if not isinstance(table, Mapping):
+            raise ProfileError(f"{where}: field 'power.{group}' must be an object")
+        for cls in table:
+            if _number(table, cls, f"{where}: power.{group}") <= 0:
+                raise ProfileError(f"{where}: field 'power.{group}.{cls}' must be positive")
 
 
 def _check_host(host, where: str) -> None:

@@ -281,6 +281,21 @@ class AlphaProfiler:
         return self.layers_ms + self.ops_ms
 
     @property
+    def energy_j(self) -> Optional[float]:
+        """Predicted GPU energy of one forward (layers + costed ops), in joules; None when the
+        profile has no power data (profiles made without an energy counter)."""
+        if not self.profile.power:
+            return None
+        return float(sum(r.energy_j or 0.0 for r in self.records) + sum(o.energy_j or 0.0 for o in self.ops))
+
+    def co2e_g(self, grid_g_per_kwh: Optional[float] = None) -> Optional[float]:
+        """Grams of CO2e of one forward at ``grid_g_per_kwh`` (default: energy.DEFAULT_GRID_G_PER_KWH)."""
+        from .energy import DEFAULT_GRID_G_PER_KWH, co2e_g
+
+        joules = self.energy_j
+        return None if joules is None else co2e_g(joules, grid_g_per_kwh or DEFAULT_GRID_G_PER_KWH)
+
+    @property
     def eager_ms(self) -> Optional[float]:
         """Predicted wall time of one eager forward (CPU launching kernels, the GPU running
         them), in ms; None when the profile has no host costs."""
@@ -336,15 +351,17 @@ class AlphaProfiler:
         return layer_table(self.records, depth=depth, top_k=top_k, not_costed=self.not_costed(),
                            ops=self.ops, layer_order=[order[0] for order in self._layer_order])
 
-    def summary(self) -> Dict[str, object]:
+    def summary(self, grid_g_per_kwh: Optional[float] = None) -> Dict[str, object]:
         from .report import summary
 
-        return summary(self.records, self.profile, self.not_costed(), ops=self.ops, eager_ms=self.eager_ms)
+        return summary(self.records, self.profile, self.not_costed(), ops=self.ops, eager_ms=self.eager_ms,
+                       energy_j=self.energy_j, grid_g_per_kwh=grid_g_per_kwh)
 
-    def to_json(self) -> str:
+    def to_json(self, grid_g_per_kwh: Optional[float] = None) -> str:
         from .report import to_json
 
-        return to_json(self.records, self.profile, self.not_costed(), ops=self.ops, eager_ms=self.eager_ms)
+        return to_json(self.records, self.profile, self.not_costed(), ops=self.ops, eager_ms=self.eager_ms,
+                       energy_j=self.energy_j, grid_g_per_kwh=grid_g_per_kwh)
 
     def to_csv(self) -> str:
         """The Conv2d/Linear layers as a layer-table CSV (``alpha-profiler predict`` reads it)."""

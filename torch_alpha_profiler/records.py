@@ -51,6 +51,7 @@ class LayerRecord:
     alpha_flops: Optional[float] = None
     predicted_ms: Optional[float] = None
     cost_class: Optional[str] = field(default=None)
+    energy_j: Optional[float] = None  # with a profile that has power data (energy.py)
 
 
 @dataclass(frozen=True)

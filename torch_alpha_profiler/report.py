@@ -158,12 +158,17 @@ def layer_table(records: Sequence[LayerRecord], depth: Optional[int] = None,
 
 
 def summary(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = (),
-            ops: Sequence[OpRecord] = (), eager_ms: Optional[float] = None) -> Dict[str, object]:
+            ops: Sequence[OpRecord] = (), eager_ms: Optional[float] = None,
+            energy_j: Optional[float] = None, grid_g_per_kwh: Optional[float] = None) -> Dict[str, object]:
     """Totals as a JSON-ready dict.
 
     ``predicted_ms`` is the GPU time of everything costed (``layers_ms`` +
-    ``ops_ms``); ``eager_ms`` is null when the profile has no host costs.
+    ``ops_ms``); ``eager_ms`` is null when the profile has no host costs;
+    ``energy_j`` (per forward) and ``co2e_g`` are null when it has no power data.
     """
+    from .energy import DEFAULT_GRID_G_PER_KWH, co2e_g
+
+    grid = grid_g_per_kwh or DEFAULT_GRID_G_PER_KWH
     layers_ms = float(sum(r.predicted_ms for r in records))
     ops_ms = _nansum(o.predicted_ms for o in ops if o.predicted_ms is not None)
     return {
@@ -178,14 +183,18 @@ def summary(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCos
         "ops_ms": ops_ms,
         "predicted_ms": layers_ms + ops_ms,
         "eager_ms": eager_ms,
+        "energy_j": energy_j,
+        "co2e_g": None if energy_j is None else co2e_g(energy_j, grid),
+        "grid_g_per_kwh": grid,
         "bytes_moved": int(sum(o.nbytes for o in ops)),
         "not_costed": [asdict(n) for n in not_costed],
     }
 
 
 def to_json(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCosted] = (),
-            ops: Sequence[OpRecord] = (), eager_ms: Optional[float] = None) -> str:
-    doc = summary(records, profile, not_costed, ops, eager_ms)
+            ops: Sequence[OpRecord] = (), eager_ms: Optional[float] = None,
+            energy_j: Optional[float] = None, grid_g_per_kwh: Optional[float] = None) -> str:
+    doc = summary(records, profile, not_costed, ops, eager_ms, energy_j, grid_g_per_kwh)
     doc["records"] = [asdict(r) for r in records]
     doc["op_records"] = [_op_json(o) for o in ops]
     return json.dumps(doc, indent=1)

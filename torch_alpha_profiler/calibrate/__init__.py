@@ -26,7 +26,10 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     * with ``ops``: ``PREFIX-ops.csv``, the other operations (opplan.py);
       ``PREFIX-host.csv``, the CPU's cost of eager calls; ``PREFIX-nhwc.csv``,
       a tenth of the Conv2d rows again with channels-last (NHWC) inputs;
-    * ``PREFIX.json``: the profile, with the seconds each stage took.
+    * ``PREFIX-train.csv``: training steps (forward + backward) of an eighth of the layers and a
+      third of the trainable ops (train.py);
+    * ``PREFIX.json``: the profile, with the seconds each stage took. On a GPU with an NVML
+      energy counter, every timed block's energy is recorded too (``energy_mj``).
 
     Refuses to start when the profile file exists and ``overwrite`` is false.
     """
@@ -51,7 +54,19 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         seconds[stage] = round(now - clock, 1)
         clock = now
 
-    raw, ops_csv, host_csv, nhwc_csv = (out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv"))
+    raw, ops_csv, host_csv, nhwc_csv, train_csv = (
+        out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv", "-train.csv"))
+    counter = idle_w = None
+    if timer is None and device.startswith("cuda"):
+        # NVML's energy counter read around every timed block gives each class's power (energy.py)
+        from ..energy import idle_power_w, nvml_energy_counter
+        from .timers import CudaGraphTimer
+
+        index = torch.device(device).index
+        counter = nvml_energy_counter(torch.cuda.current_device() if index is None else index)
+        if counter is not None:
+            idle_w = idle_power_w(counter)
+        timer = CudaGraphTimer(energy=counter)
     plan = make_plan(scale=scale, seed=seed)
     measure_plan(plan, raw, device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
     lap("layers")
@@ -70,9 +85,18 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         measure_plan(channels_last_plan(plan), nhwc_csv, device=device, dtype=dtype, timer=timer,
                      resume=resume, progress=progress)
         lap("channels_last")
+        from .train import measure_train, train_plan
+
+        measure_train(train_plan(plan, op_plan), train_csv, device=device, dtype=dtype, timer=timer,
+                      resume=resume, progress=progress)
+        lap("train")
 
     with open(raw + ".env.json") as f:
         env = json.load(f)
+    if idle_w is not None:
+        env["idle_power_w"] = round(idle_w, 2)
+        with open(raw + ".env.json", "w") as f:
+            json.dump(env, f, indent=1)
     env.update(source=raw, measurement_env=raw + ".env.json")
     profile = fit_profile(read_layer_table(raw), family=family,
                           name=name or os.path.basename(out_prefix), provenance=env)
@@ -91,6 +115,11 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
                                                           profile.parameters),
                           provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
                                           channels_last_source=nhwc_csv))
+        if counter is not None:
+            from ..energy import fit_power
+
+            profile = replace(profile, power=fit_power(read_layer_table(raw), family,
+                                                       list(read_results(ops_csv)), idle_w))
     lap("fit")
     seconds["total"] = round(sum(seconds.values()), 1)
     profile = replace_provenance(profile, calibration_seconds=seconds)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from .plan import PLAN_COLUMNS, config_key
 
-RESULT_COLUMNS = PLAN_COLUMNS + ("dtype", "layout", "time_ms", "iqr_ms", "calls", "status")
+RESULT_COLUMNS = PLAN_COLUMNS + ("dtype", "layout", "time_ms", "iqr_ms", "calls", "energy_mj", "status")
 
 Progress = Callable[[int, int, Dict[str, str]], None]
 
@@ -127,12 +127,13 @@ def measure_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cu
                 progress(i, len(plan), r)
             if config_key(r) + "," + dtype in done:
                 continue
-            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", status="ok")
+            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", energy_mj="", status="ok")
             try:
                 layer, x = build_layer(r, device, dtype, seed=i)
                 with torch.no_grad():
                     m = timer.measure(lambda: layer(x))
-                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block))
+                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block),
+                           energy_mj="" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}")
             except oom_errors:
                 out["status"] = "oom"
             except RuntimeError as e:  # e.g. no cuDNN algorithm for this shape: keep going

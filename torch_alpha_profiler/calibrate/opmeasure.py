@@ -19,7 +19,7 @@ from .measure import Progress
 from .opplan import OP_PLAN_COLUMNS, builder
 
 OP_RESULT_COLUMNS = OP_PLAN_COLUMNS + ("cls", "ops", "operator", "nbytes", "inner", "batch", "m", "k", "n", "dtype",
-                                       "time_ms", "iqr_ms", "calls", "status")
+                                       "time_ms", "iqr_ms", "calls", "energy_mj", "status")
 HOST_COLUMNS = ("kind", "host_class", "host_us", "calls", "dtype", "device")
 
 
@@ -80,7 +80,7 @@ def measure_op_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = 
                 progress(i, len(plan), r)
             if op_key(r) + "," + dtype in done:
                 continue
-            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", status="ok")
+            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", energy_mj="", status="ok")
             fn = None
             try:
                 torch.manual_seed(i)
@@ -89,7 +89,8 @@ def measure_op_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = 
                 with torch.no_grad():
                     out.update(captured_features(fn))
                     m = timer.measure(fn)
-                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block))
+                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block),
+                           energy_mj="" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}")
             except oom_errors:
                 out["status"] = "oom"
             except RuntimeError as e:

@@ -22,23 +22,6 @@ def _t(shape, device, dtype, positive=False):
     return x.abs_() + 0.5 if positive else x
 
 
-def _stream(fn: Callable, extra: Callable = None):
-    """A builder for an op on one N x C x H x W activation (``extra`` builds more inputs)."""
-
-    def build(d, device, dtype):
-        x = _t(d, device, dtype)
-        more = extra(d, device, dtype) if extra else ()
-        return lambda: fn(x, *more)
-
-    return build
-
-
-def _bn_params(d, device, dtype):
-    c = d[1]
-    return (_t((c,), device, dtype), _t((c,), device, dtype, positive=True),
-            _t((c,), device, dtype), _t((c,), device, dtype))
-
-
 def input_shape(kind: str, d) -> Tuple[int, ...]:
     """The shape of the (first) input a kind's builder makes from its sizes ``d``."""
     n, c, h, w = d
@@ -49,59 +32,68 @@ def input_shape(kind: str, d) -> Tuple[int, ...]:
     return (n, c, h, w)
 
 
-def _build_layer_norm(d, device, dtype):
-    import torch.nn.functional as F
-
-    c = d[1]
-    x = _t(input_shape("layer_norm", d), device, dtype)
-    weight, bias = _t((c,), device, dtype), _t((c,), device, dtype)
-    return lambda: F.layer_norm(x, (c,), weight, bias)
-
-
-def _build_bmm(d, device, dtype):
-    import torch
-
-    b, m, k, n = d
-    x, y = _t((b, m, k), device, dtype), _t((b, k, n), device, dtype)
-    return lambda: torch.bmm(x, y)
-
-
-def _build_sdpa(d, device, dtype):
-    import torch.nn.functional as F
-
-    b, h, s, e = d
-    q, k, v = (_t((b, h, s, e), device, dtype) for _ in range(3))
-    return lambda: F.scaled_dot_product_attention(q, k, v)
+def make_inputs(kind: str, d, device, dtype) -> Tuple[tuple, Tuple[bool, ...]]:
+    """A kind's random inputs for sizes ``d``, and which of them are trainable (not statistics)."""
+    n, c, h, w = d
+    x = _t(input_shape(kind, d), device, dtype)
+    if kind in ("add", "cat"):
+        return (x, _t(d, device, dtype)), (True, True)
+    if kind == "mul_bcast":
+        return (x, _t((n, c, 1, 1), device, dtype)), (True, True)
+    if kind == "batch_norm":  # input, running mean and variance (constants), weight, bias
+        return ((x, _t((c,), device, dtype), _t((c,), device, dtype, positive=True), _t((c,), device, dtype),
+                 _t((c,), device, dtype)), (True, False, False, True, True))
+    if kind == "layer_norm":
+        return (x, _t((c,), device, dtype), _t((c,), device, dtype)), (True, True, True)
+    if kind == "bmm":
+        return (x, _t((n, h, w), device, dtype)), (True, True)
+    if kind == "sdpa":
+        return tuple(_t(d, device, dtype) for _ in range(3)), (True, True, True)
+    return (x,), (True,)
 
 
-def _kinds() -> Dict[str, Tuple[str, Callable]]:
+def _functions(training: bool = False) -> Dict[str, Tuple[str, Callable]]:
+    """kind: (cost class, function of the kind's inputs); ``training``: batch norm on batch statistics."""
     import torch
     import torch.nn.functional as F
 
     return {
-        # kind: (cost class, builder(d, device, dtype) -> zero-argument callable)
-        "add": ("elementwise", _stream(torch.add, lambda d, dev, dt: (_t(d, dev, dt),))),
-        "mul_bcast": ("elementwise", _stream(torch.mul, lambda d, dev, dt: (_t((d[0], d[1], 1, 1), dev, dt),))),
-        "relu_": ("elementwise", _stream(torch.relu_)),
-        "gelu": ("elementwise", _stream(F.gelu)),
-        "silu_": ("elementwise", _stream(lambda x: F.silu(x, inplace=True))),
-        "hardswish_": ("elementwise", _stream(lambda x: F.hardswish(x, inplace=True))),
-        "sigmoid": ("elementwise", _stream(torch.sigmoid)),
-        "batch_norm": ("norm", _stream(lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=False),
-                                       _bn_params)),
-        "layer_norm": ("norm", _build_layer_norm),
-        "mean_hw": ("reduce", _stream(lambda x: x.mean((2, 3), keepdim=True))),
-        "softmax": ("reduce", _stream(lambda x: x.softmax(-1))),
-        "max_pool": ("pool", _stream(lambda x: F.max_pool2d(x, 3, 2, 1))),
-        "avg_pool": ("pool", _stream(lambda x: F.avg_pool2d(x, 2, 2))),
-        "adaptive_avg": ("pool", _stream(lambda x: F.adaptive_avg_pool2d(x, 1))),
-        "cat": ("copy", _stream(lambda x, y: torch.cat([x, y], 1), lambda d, dev, dt: (_t(d, dev, dt),))),
-        "permute_copy": ("copy", _stream(lambda x: x.permute(0, 2, 3, 1).contiguous())),
-        "bmm": ("matmul", _build_bmm),
-        "sdpa": ("attention", _build_sdpa),
-        "view": ("view", _stream(lambda x: x.view(x.shape[0], -1))),
-        "permute": ("view", _stream(lambda x: x.permute(0, 2, 3, 1))),
+        "add": ("elementwise", torch.add),
+        "mul_bcast": ("elementwise", torch.mul),
+        "relu_": ("elementwise", torch.relu_),
+        "gelu": ("elementwise", F.gelu),
+        "silu_": ("elementwise", lambda x: F.silu(x, inplace=True)),
+        "hardswish_": ("elementwise", lambda x: F.hardswish(x, inplace=True)),
+        "sigmoid": ("elementwise", torch.sigmoid),
+        "batch_norm": ("norm", lambda x, m, v, w, b: F.batch_norm(x, m, v, w, b, training=training)),
+        "layer_norm": ("norm", lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b)),
+        "mean_hw": ("reduce", lambda x: x.mean((2, 3), keepdim=True)),
+        "softmax": ("reduce", lambda x: x.softmax(-1)),
+        "max_pool": ("pool", lambda x: F.max_pool2d(x, 3, 2, 1)),
+        "avg_pool": ("pool", lambda x: F.avg_pool2d(x, 2, 2)),
+        "adaptive_avg": ("pool", lambda x: F.adaptive_avg_pool2d(x, 1)),
+        "cat": ("copy", lambda x, y: torch.cat([x, y], 1)),
+        "permute_copy": ("copy", lambda x: x.permute(0, 2, 3, 1).contiguous()),
+        "bmm": ("matmul", torch.bmm),
+        "sdpa": ("attention", F.scaled_dot_product_attention),
+        "view": ("view", lambda x: x.view(x.shape[0], -1)),
+        "permute": ("view", lambda x: x.permute(0, 2, 3, 1)),
     }
+
+
+def _kinds() -> Dict[str, Tuple[str, Callable]]:
+    """kind: (cost class, builder(d, device, dtype) -> zero-argument callable) for inference."""
+    def builder_of(fn):
+        def build(d, device, dtype, kind):
+            inputs, _ = make_inputs(kind, d, device, dtype)
+            return lambda: fn(*inputs)
+        return build
+
+    out = {}
+    for kind, (cls, fn) in _functions().items():
+        b = builder_of(fn)
+        out[kind] = (cls, lambda d, device, dtype, b=b, kind=kind: b(d, device, dtype, kind))
+    return out
 
 
 # timed for their CPU cost only (eager mode): views launch no kernel

@@ -1,0 +1,123 @@
+"""Time training steps of calibration layers and ops: forward + backward, as CUDA graphs.
+
+A training step of a layer is its forward (train mode) and its backward: for a
+convolution, a grad-input and a grad-weight convolution; for Linear, two matrix
+products; for a memory-bound operation, its own backward kernel. Each plan row
+(an eighth of the Conv2d/Linear plan, a third of the op plan's trainable kinds)
+is timed with the same timer as the forward, the input and parameters
+requiring grad and a fixed output gradient; rows go to ``PREFIX-train.csv``
+with the forward's row key, so ``train_ms / time_ms`` of the same configuration
+is its step-over-forward ratio (fitted in train.fit_train).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from typing import Dict, List, Optional, Sequence
+
+from .measure import Progress, RESULT_COLUMNS, build_layer
+from .opplan import KINDS
+
+TRAIN_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(c for c in RESULT_COLUMNS if c != "status") + (
+    "cls", "status")
+# op kinds timed for training: in-place kinds (relu_, silu_, hardswish_) cannot take a leaf
+# that requires grad, and their out-of-place twins' elementwise class stands for them
+TRAIN_OP_KINDS = tuple(k for k in KINDS if not k.endswith("_"))
+
+
+def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
+               layer_every: int = 8, op_every: int = 3) -> List[Dict[str, str]]:
+    """Every ``layer_every``-th layer row and every ``op_every``-th op row of a trainable kind."""
+    rows = [dict(r, source="layer") for r in layer_plan[::layer_every]]
+    ops = [r for r in op_plan if r["op"] in TRAIN_OP_KINDS]
+    rows += [dict(r, source="op", kind="") for r in ops[::op_every]]
+    return rows
+
+
+def _layer_step(r, device, dtype, seed):
+    import torch
+
+    layer, x = build_layer(r, device, dtype, seed=seed)
+    layer.train()
+    x.requires_grad_(True)
+    grad = torch.randn_like(layer(x))
+
+    def step():
+        torch.autograd.backward(layer(x), grad)
+
+    return step
+
+
+def _op_step(r, device, dtype):
+    import torch
+
+    from .opplan import _functions, make_inputs
+
+    cls, fn = _functions(training=True)[r["op"]]
+    inputs, trainable = make_inputs(r["op"], tuple(int(r[f"d{j}"]) for j in range(4)), device,
+                                    getattr(torch, dtype))
+    for t, grad in zip(inputs, trainable):
+        t.requires_grad_(grad)
+    grad = torch.randn_like(fn(*inputs))
+
+    def step():
+        torch.autograd.backward(fn(*inputs), grad)
+
+    return cls, step
+
+
+def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cuda", dtype: str = "float32",
+                  timer=None, resume: bool = True, progress: Optional[Progress] = None) -> List[Dict[str, str]]:
+    """Time the training step of every row of ``plan``; rows are appended as they are taken."""
+    import torch
+
+    from .timers import CpuTimer, CudaGraphTimer
+
+    if timer is None:
+        timer = CudaGraphTimer() if device.startswith("cuda") else CpuTimer()
+    key_cols = ("source", "op", "d0", "d1", "d2", "d3", "kind", "N", "Cin", "Cout", "H", "W", "K1", "K2",
+                "stride", "groups", "padding", "dilation", "bias")
+    done = set()
+    if resume and os.path.exists(out_csv):
+        with open(out_csv, newline="") as f:
+            done = {",".join(r.get(c, "") for c in key_cols) for r in csv.DictReader(f)}
+    new_file = not resume or not os.path.exists(out_csv) or os.path.getsize(out_csv) == 0
+    oom_errors = (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
+    results = []
+    with open(out_csv, "w" if new_file else "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TRAIN_COLUMNS, extrasaction="ignore")
+        if new_file:
+            writer.writeheader()
+            f.flush()
+        for i, r in enumerate(plan):
+            if progress is not None:
+                progress(i, len(plan), r)
+            if ",".join(r.get(c, "") for c in key_cols) in done:
+                continue
+            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", energy_mj="", status="ok")
+            step = None
+            try:
+                torch.manual_seed(i)
+                if r["source"] == "layer":
+                    step = _layer_step(r, device, dtype, seed=i)
+                    out["cls"] = r["kind"]
+                else:
+                    out["cls"], step = _op_step(r, device, dtype)
+                m = timer.measure(step)
+                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block),
+                           energy_mj="" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}")
+            except oom_errors:
+                out["status"] = "oom"
+            except RuntimeError as e:
+                out["status"] = "error: " + str(e).splitlines()[0][:100].replace(",", ";")
+            finally:
+                step = None
+                if device.startswith("cuda") and out["status"] != "ok":
+                    torch.cuda.empty_cache()
+            writer.writerow(out)
+            f.flush()
+            results.append(out)
+        if progress is not None:
+            progress(len(plan), len(plan), {})
+    return results
+
