@@ -363,7 +363,7 @@ def cmd_calibrate(args) -> int:
     profile = calibrate(args.out, device=args.device, dtype=args.dtype, family=args.family,
                         scale=args.scale, seed=args.seed, resume=not args.restart, overwrite=args.force,
                         name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"),
-                        ops=not args.no_ops)
+                        ops=not args.no_ops, energy=args.energy, train=args.train)
     fit = profile.provenance["fit"]
     sys.stderr.write(f"measured {profile.provenance['n_measurements']} layers and fitted {args.family} in "
                      f"{time.monotonic() - t0:.0f} s: MAPE {fit['mape_pct']:.1f}%, Spearman "
@@ -466,6 +466,12 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore an existing PREFIX.csv instead of resuming")
     p.add_argument("--force", action="store_true", help="overwrite PREFIX.json if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--energy", action="store_true",
+                   help="also read the GPU's energy counter (NVML) around every timed block and fit per-class "
+                        "power; about 2.5x longer")
+    p.add_argument("--train", action="store_true",
+                   help="also time training steps (forward + backward) of plan subsets into PREFIX-train.csv "
+                        "(raw data for training-cost classes; not fitted yet)")
     p.add_argument("--no-ops", action="store_true",
                    help="time Conv2d/Linear layers only (no op classes, no eager host costs)")
     p.set_defaults(func=cmd_calibrate)

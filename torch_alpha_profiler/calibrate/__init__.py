@@ -16,7 +16,8 @@ from typing import Optional
 
 def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", family: str = "axes",
               scale: int = 1, seed: int = 0, resume: bool = True, overwrite: bool = False,
-              name: Optional[str] = None, timer=None, progress=None, ops: bool = True):
+              name: Optional[str] = None, timer=None, progress=None, ops: bool = True,
+              energy: bool = False, train: bool = False):
     """Time the calibration plans on ``device`` and fit ``family``; returns the saved profile.
 
     Everything is measured first, each raw time written as it is taken (an
@@ -26,10 +27,13 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     * with ``ops``: ``PREFIX-ops.csv``, the other operations (opplan.py);
       ``PREFIX-host.csv``, the CPU's cost of eager calls; ``PREFIX-nhwc.csv``,
       a tenth of the Conv2d rows again with channels-last (NHWC) inputs;
-    * ``PREFIX-train.csv``: training steps (forward + backward) of an eighth of the layers and a
-      third of the trainable ops (train.py);
-    * ``PREFIX.json``: the profile, with the seconds each stage took. On a GPU with an NVML
-      energy counter, every timed block's energy is recorded too (``energy_mj``).
+    * with ``train``: ``PREFIX-train.csv``, training steps (forward + backward) of an eighth of
+      the layers and a third of the trainable ops (train.py; raw data, not fitted yet);
+    * ``PREFIX.json``: the profile, with the seconds each stage took.
+
+    With ``energy`` (a GPU with an NVML energy counter), every timed block's energy is read
+    too (``energy_mj``) and the profile gets per-class board powers ('power'). Reading the
+    counter takes milliseconds, so this makes the calibration about 2.5 times longer.
 
     Refuses to start when the profile file exists and ``overwrite`` is false.
     """
@@ -57,7 +61,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     raw, ops_csv, host_csv, nhwc_csv, train_csv = (
         out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv", "-train.csv"))
     counter = idle_w = None
-    if timer is None and device.startswith("cuda"):
+    if energy and timer is None and device.startswith("cuda"):
         # NVML's energy counter read around every timed block gives each class's power (energy.py)
         from ..energy import idle_power_w, nvml_energy_counter
         from .timers import CudaGraphTimer
@@ -72,12 +76,9 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     lap("layers")
     if ops:
         from .opmeasure import measure_host, measure_op_plan
-        from .opplan import host_plan, make_op_plan
+        from .opplan import host_plan
 
-        # scale 0 (a smoke test) times a few small ops of each kind, quick on a CPU
-        op_plan = make_op_plan(per_kind=20 * scale, seed=seed, matmuls=64 * scale, attention=32 * scale) \
-            if scale > 0 else make_op_plan(per_kind=2, seed=seed, matmuls=8, attention=8, max_elements=2 ** 16)
-        measure_op_plan(op_plan, ops_csv, device=device, dtype=dtype, timer=timer, resume=resume,
+        measure_op_plan(_op_plan(scale, seed), ops_csv, device=device, dtype=dtype, timer=timer, resume=resume,
                         progress=progress)
         lap("ops")
         measure_host(host_plan(), host_csv, device=device, dtype=dtype)
@@ -85,10 +86,11 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         measure_plan(channels_last_plan(plan), nhwc_csv, device=device, dtype=dtype, timer=timer,
                      resume=resume, progress=progress)
         lap("channels_last")
+    if train:
         from .train import measure_train, train_plan
 
-        measure_train(train_plan(plan, op_plan), train_csv, device=device, dtype=dtype, timer=timer,
-                      resume=resume, progress=progress)
+        measure_train(train_plan(plan, _op_plan(scale, seed)), train_csv,
+                      device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
         lap("train")
 
     with open(raw + ".env.json") as f:
@@ -125,6 +127,15 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     profile = replace_provenance(profile, calibration_seconds=seconds)
     profile.save(profile_path, overwrite=overwrite)
     return profile
+
+
+def _op_plan(scale: int, seed: int):
+    """The op plan of a calibration; scale 0 (a smoke test): a few small ops of each kind."""
+    from .opplan import make_op_plan
+
+    if scale > 0:
+        return make_op_plan(per_kind=20 * scale, seed=seed, matmuls=64 * scale, attention=32 * scale)
+    return make_op_plan(per_kind=2, seed=seed, matmuls=8, attention=8, max_elements=2 ** 16)
 
 
 def replace_provenance(profile, **fields):
