@@ -188,33 +188,22 @@ def _check_ops(ops, where: str) -> None:
 
     if not isinstance(ops, Mapping):
         raise ProfileError(f"{where}: field 'ops' must be an object")
-    stream = ops.get("stream", {})
-    if not isinstance(stream, Mapping):
-        raise ProfileError(f"{where}: field 'ops.stream' must be an object")
-    for cls, p in stream.items():
-        if cls not in STREAM_CLASSES:
-            raise ProfileError(f"{where}: field 'ops.stream.{cls}' is not a stream class "
-                               f"({', '.join(STREAM_CLASSES)})")
-        if not isinstance(p, Mapping):
-            raise ProfileError(f"{where}: field 'ops.stream.{cls}' must be an object")
-        for key in STREAM_PARAMS:
-            v = _number(p, key, f"{where}: ops.stream.{cls}")
-            box = STREAM_BOUNDS[key]
-            if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
-                raise ProfileError(f"{where}: field 'ops.stream.{cls}.{key}' is {v!r}, outside its "
-                                   f"valid range [{box.lo:g}, {box.hi:g}]")
-    operators = ops.get("operators", {})
-    if not isinstance(operators, Mapping):
-        raise ProfileError(f"{where}: field 'ops.operators' must be an object")
-    for name, p in operators.items():
-        if not isinstance(p, Mapping):
-            raise ProfileError(f"{where}: field 'ops.operators.{name}' must be an object")
-        for key in STREAM_PARAMS:
-            v = _number(p, key, f"{where}: ops.operators.{name}")
-            box = STREAM_BOUNDS[key]
-            if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
-                raise ProfileError(f"{where}: field 'ops.operators.{name}.{key}' is {v!r}, outside its "
-                                   f"valid range [{box.lo:g}, {box.hi:g}]")
+    for group in ("stream", "operators"):
+        table = ops.get(group, {})
+        if not isinstance(table, Mapping):
+            raise ProfileError(f"{where}: field 'ops.{group}' must be an object")
+        for name, p in table.items():
+            field = f"ops.{group}.{name}"
+            if group == "stream" and name not in STREAM_CLASSES:
+                raise ProfileError(f"{where}: field '{field}' is not a stream class ({', '.join(STREAM_CLASSES)})")
+            if not isinstance(p, Mapping):
+                raise ProfileError(f"{where}: field '{field}' must be an object")
+            for key in STREAM_PARAMS:
+                v = _number(p, key, f"{where}: {field}")
+                box = STREAM_BOUNDS[key]
+                if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
+                    raise ProfileError(f"{where}: field '{field}.{key}' is {v!r}, outside its "
+                                       f"valid range [{box.lo:g}, {box.hi:g}]")
     if "l2_bytes" in ops and _number(ops, "l2_bytes", f"{where}: ops") <= 0:
         raise ProfileError(f"{where}: field 'ops.l2_bytes' must be positive")
     for cls in ("matmul", "attention"):

@@ -114,32 +114,54 @@ def measure_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cu
     with open(out_csv + ".env.json", "w") as f:
         json.dump(env, f, indent=1)
     done = _done_keys(out_csv) if resume else set()
+
+    def time_row(i, r):
+        layer, x = build_layer(r, device, dtype, seed=i)
+        with torch.no_grad():
+            return timing_fields(timer.measure(lambda: layer(x)))
+
+    return run_rows(plan, out_csv, RESULT_COLUMNS, lambda r: config_key(r) + "," + dtype in done,
+                    time_row, dict(dtype=dtype), device, resume, progress)
+
+
+def timing_fields(m) -> Dict[str, str]:
+    """A Measurement as result-row cells."""
+    return {"time_ms": f"{m.median_ms:.6g}", "iqr_ms": f"{m.iqr_ms:.3g}", "calls": str(m.calls_per_block),
+            "energy_mj": "" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}"}
+
+
+def run_rows(plan: Sequence[Dict[str, str]], out_csv: str, columns: Sequence[str],
+             is_done: Callable[[Dict[str, str]], bool], time_row: Callable[[int, Dict[str, str]], Dict[str, str]],
+             fixed: Dict[str, str], device: str, resume: bool = True,
+             progress: Optional[Progress] = None) -> List[Dict[str, str]]:
+    """The measurement loop of every plan: each row not ``is_done`` gets ``time_row(i, row)``'s
+    cells and is appended to ``out_csv`` at once (so an interrupted run loses nothing); a row that
+    runs out of memory is written with status ``oom``, one that fails with its error. Returns
+    the rows written in this call."""
+    import torch
+
     new_file = not resume or not os.path.exists(out_csv) or os.path.getsize(out_csv) == 0
-    results: List[Dict[str, str]] = []
     oom_errors = (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
+    results: List[Dict[str, str]] = []
     with open(out_csv, "w" if new_file else "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
         if new_file:
             writer.writeheader()
             f.flush()
         for i, r in enumerate(plan):
             if progress is not None:
                 progress(i, len(plan), r)
-            if config_key(r) + "," + dtype in done:
+            if is_done(r):
                 continue
-            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", energy_mj="", status="ok")
+            out = dict(r, **fixed, time_ms="", iqr_ms="", calls="", energy_mj="", status="ok")
             try:
-                layer, x = build_layer(r, device, dtype, seed=i)
-                with torch.no_grad():
-                    m = timer.measure(lambda: layer(x))
-                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block),
-                           energy_mj="" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}")
+                torch.manual_seed(i)
+                out.update(time_row(i, r))
             except oom_errors:
                 out["status"] = "oom"
             except RuntimeError as e:  # e.g. no cuDNN algorithm for this shape: keep going
                 out["status"] = "error: " + str(e).splitlines()[0][:100].replace(",", ";")
             finally:
-                layer = x = None
                 if device.startswith("cuda") and out["status"] != "ok":
                     torch.cuda.empty_cache()
             writer.writerow(out)

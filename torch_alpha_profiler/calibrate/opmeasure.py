@@ -15,7 +15,7 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .measure import Progress
+from .measure import Progress, run_rows, timing_fields
 from .opplan import OP_PLAN_COLUMNS, builder
 
 OP_RESULT_COLUMNS = OP_PLAN_COLUMNS + ("cls", "ops", "operator", "nbytes", "inner", "batch", "m", "k", "n", "dtype",
@@ -66,45 +66,18 @@ def measure_op_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = 
         with open(out_csv, newline="") as f:
             done = {op_key(r) + "," + r.get("dtype", "") for r in csv.DictReader(f)
                     if r.get("status") in ("ok", "oom")}
-    new_file = not resume or not os.path.exists(out_csv) or os.path.getsize(out_csv) == 0
     dt = getattr(torch, dtype)
-    oom_errors = (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
-    results = []
-    with open(out_csv, "w" if new_file else "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=OP_RESULT_COLUMNS, extrasaction="ignore")
-        if new_file:
-            writer.writeheader()
-            f.flush()
-        for i, r in enumerate(plan):
-            if progress is not None:
-                progress(i, len(plan), r)
-            if op_key(r) + "," + dtype in done:
-                continue
-            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", energy_mj="", status="ok")
-            fn = None
-            try:
-                torch.manual_seed(i)
-                _, build = builder(r["op"])
-                fn = build(tuple(int(r[f"d{j}"]) for j in range(4)), device, dt)
-                with torch.no_grad():
-                    out.update(captured_features(fn))
-                    m = timer.measure(fn)
-                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block),
-                           energy_mj="" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}")
-            except oom_errors:
-                out["status"] = "oom"
-            except RuntimeError as e:
-                out["status"] = "error: " + str(e).splitlines()[0][:100].replace(",", ";")
-            finally:
-                fn = None
-                if device.startswith("cuda") and out["status"] != "ok":
-                    torch.cuda.empty_cache()
-            writer.writerow(out)
-            f.flush()
-            results.append(out)
-        if progress is not None:
-            progress(len(plan), len(plan), {})
-    return results
+
+    def time_row(i, r):
+        _, build = builder(r["op"])
+        fn = build(tuple(int(r[f"d{j}"]) for j in range(4)), device, dt)
+        with torch.no_grad():
+            cells = captured_features(fn)
+            cells.update(timing_fields(timer.measure(fn)))
+        return cells
+
+    return run_rows(plan, out_csv, OP_RESULT_COLUMNS, lambda r: op_key(r) + "," + dtype in done, time_row,
+                    dict(dtype=dtype), device, resume, progress)
 
 
 def _host_time_us(fn, device: str, calls: int = 300, warmup: int = 20, repeats: int = 5) -> float:

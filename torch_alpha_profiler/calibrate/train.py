@@ -15,7 +15,7 @@ import csv
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .measure import Progress, RESULT_COLUMNS, build_layer
+from .measure import Progress, RESULT_COLUMNS, build_layer, run_rows, timing_fields
 from .opplan import KINDS
 
 TRAIN_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(c for c in RESULT_COLUMNS if c != "status") + (
@@ -69,8 +69,6 @@ def _op_step(r, device, dtype):
 def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cuda", dtype: str = "float32",
                   timer=None, resume: bool = True, progress: Optional[Progress] = None) -> List[Dict[str, str]]:
     """Time the training step of every row of ``plan``; rows are appended as they are taken."""
-    import torch
-
     from .timers import CpuTimer, CudaGraphTimer
 
     if timer is None:
@@ -81,43 +79,13 @@ def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "c
     if resume and os.path.exists(out_csv):
         with open(out_csv, newline="") as f:
             done = {",".join(r.get(c, "") for c in key_cols) for r in csv.DictReader(f)}
-    new_file = not resume or not os.path.exists(out_csv) or os.path.getsize(out_csv) == 0
-    oom_errors = (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else (RuntimeError,)
-    results = []
-    with open(out_csv, "w" if new_file else "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TRAIN_COLUMNS, extrasaction="ignore")
-        if new_file:
-            writer.writeheader()
-            f.flush()
-        for i, r in enumerate(plan):
-            if progress is not None:
-                progress(i, len(plan), r)
-            if ",".join(r.get(c, "") for c in key_cols) in done:
-                continue
-            out = dict(r, dtype=dtype, time_ms="", iqr_ms="", calls="", energy_mj="", status="ok")
-            step = None
-            try:
-                torch.manual_seed(i)
-                if r["source"] == "layer":
-                    step = _layer_step(r, device, dtype, seed=i)
-                    out["cls"] = r["kind"]
-                else:
-                    out["cls"], step = _op_step(r, device, dtype)
-                m = timer.measure(step)
-                out.update(time_ms=f"{m.median_ms:.6g}", iqr_ms=f"{m.iqr_ms:.3g}", calls=str(m.calls_per_block),
-                           energy_mj="" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}")
-            except oom_errors:
-                out["status"] = "oom"
-            except RuntimeError as e:
-                out["status"] = "error: " + str(e).splitlines()[0][:100].replace(",", ";")
-            finally:
-                step = None
-                if device.startswith("cuda") and out["status"] != "ok":
-                    torch.cuda.empty_cache()
-            writer.writerow(out)
-            f.flush()
-            results.append(out)
-        if progress is not None:
-            progress(len(plan), len(plan), {})
-    return results
 
+    def time_row(i, r):
+        if r["source"] == "layer":
+            cls, step = r["kind"], _layer_step(r, device, dtype, seed=i)
+        else:
+            cls, step = _op_step(r, device, dtype)
+        return dict(timing_fields(timer.measure(step)), cls=cls)
+
+    return run_rows(plan, out_csv, TRAIN_COLUMNS, lambda r: ",".join(r.get(c, "") for c in key_cols) in done,
+                    time_row, dict(dtype=dtype), device, resume, progress)
