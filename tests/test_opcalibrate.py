@@ -196,11 +196,13 @@ def test_measure_host_on_cpu_writes_one_row_per_kind_and_module(tmp_path):
     rows = measure_host(host_plan(), out, device="cpu")
     assert read_csv(out) == rows
     kinds = [r["kind"] for r in rows]
-    assert kinds == [r["op"] for r in host_plan()] + ["conv_module", "linear_module", "identity_module"]
+    assert kinds == [r["op"] for r in host_plan()] + ["conv_module", "linear_module", "identity_module",
+                                                      "block_module"]
     assert list(rows[0]) == list(HOST_COLUMNS)
     classes = {r["kind"]: r["host_class"] for r in rows}
     assert classes["conv_module"] == "conv" and classes["linear_module"] == "linear"
     assert classes["identity_module"] == "module" and classes["view"] == classes["permute"] == "view"
+    assert classes["block_module"] == "block"
     assert classes["bmm"] == "matmul" and classes["sdpa"] == "attention" and classes["add"] == "elementwise"
     assert all(float(r["host_us"]) > 0 and r["device"] == "cpu" for r in rows)
 
@@ -256,6 +258,16 @@ def test_fit_host_takes_medians_and_subtracts_the_module_call():
     assert cheap["launch_us"]["linear"] == 4.0  # no linear_module row: elementwise, nothing subtracted
 
 
+def test_fit_host_charges_a_module_call_what_a_block_module_costs_beyond_its_launches():
+    rows = _host_rows([("relu_", "elementwise", 4.0), ("batch_norm", "norm", 6.0), ("conv_module", "conv", 20.0),
+                       ("identity_module", "module", 1.0)])
+    # conv launch 20 - 1 = 19; the block: 4 module calls + conv, norm and elementwise launches (19 + 6 + 4)
+    host = fit_host(rows + _host_rows([("block_module", "block", 41.0)]))
+    assert host["module_us"] == pytest.approx((41.0 - 29.0) / 4) and host["identity_module_us"] == 1.0
+    # a block cheaper than its launches leaves the identity module's cost
+    assert fit_host(rows + _host_rows([("block_module", "block", 20.0)]))["module_us"] == 1.0
+
+
 # ----------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
@@ -279,7 +291,7 @@ def test_calibrate_on_cpu_writes_every_csv_and_a_profile_that_loads(calibrated):
     assert set(p.channels_last["parameters"]["classes"]) == set(p.parameters["classes"])
     ops_rows = read_csv(prefix + "-ops.csv")
     assert {r["op"] for r in ops_rows} == set(KINDS) and all(r["status"] == "ok" for r in ops_rows)
-    assert len(read_csv(prefix + "-host.csv")) == len(host_plan()) + 3
+    assert len(read_csv(prefix + "-host.csv")) == len(host_plan()) + 4  # and conv, linear, identity and block modules
     nhwc = read_csv(prefix + "-nhwc.csv")
     assert nhwc and all(r["layout"] == "nhwc" and r["kind"] == "Conv2d" for r in nhwc)
     assert p.provenance["ops_source"] == prefix + "-ops.csv"

@@ -135,15 +135,20 @@ def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[st
 def fit_host(rows: Sequence[Mapping[str, str]]) -> Dict[str, object]:
     """The profile's 'host' section from host-timing rows (opmeasure.HOST_COLUMNS).
 
-    Module-level rows (a Conv2d, a Linear) include one module call, which is
-    subtracted: every module call in a model is charged ``module_us`` apart.
+    Module-level rows (a Conv2d, a Linear) include one module call (an identity
+    module's cost), which is subtracted. A module call in a model costs more than
+    an identity module's: its forward runs Python of its own. So ``module_us`` is
+    what a conv-bn-relu block module (four module calls, three launches) costs
+    beyond its three launches, per module call; never less than the identity's.
     """
     by_class: Dict[str, List[float]] = {}
-    module_us = 0.0
+    module_us, block_us = 0.0, None
     for r in rows:
         us = float(r["host_us"])
         if r["host_class"] == "module":
             module_us = us
+        elif r["host_class"] == "block":
+            block_us = us
         elif r["host_class"] == "view":
             by_class.setdefault("view", []).append(us)
         else:
@@ -156,4 +161,8 @@ def fit_host(rows: Sequence[Mapping[str, str]]) -> Dict[str, object]:
             v = max(v - module_us, 0.0)
         launch[cls] = v
     views = by_class.get("view")
-    return {"launch_us": launch, "module_us": module_us, "view_us": statistics.median(views) if views else 0.0}
+    identity_us = module_us
+    if block_us is not None:
+        module_us = max(identity_us, (block_us - launch["conv"] - launch["norm"] - launch["elementwise"]) / 4)
+    return {"launch_us": launch, "module_us": module_us, "identity_module_us": identity_us,
+            "view_us": statistics.median(views) if views else 0.0}

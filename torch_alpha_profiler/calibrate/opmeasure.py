@@ -109,15 +109,27 @@ def host_modules(device: str, dtype: str):
         def forward(self, x):
             return x
 
+    class Block(nn.Module):
+        """A network's smallest unit: four module calls (itself, conv, bn, relu), three launches."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.relu = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(True)
+
+        def forward(self, x):
+            return self.relu(self.bn(self.conv(x)))
+
     dt = getattr(torch, dtype)
     x4 = torch.randn(1, 16, 4, 4, device=device, dtype=dt)
     x2 = torch.randn(1, 16, device=device, dtype=dt)
     conv = nn.Conv2d(16, 16, 3, padding=1).to(device=device, dtype=dt).eval()
     linear = nn.Linear(16, 16).to(device=device, dtype=dt).eval()
     ident = Identity()
+    block = Block().to(device=device, dtype=dt).eval()
     return [("conv_module", "conv", lambda: conv(x4)),
             ("linear_module", "linear", lambda: linear(x2)),
-            ("identity_module", "module", lambda: ident(x4))]
+            ("identity_module", "module", lambda: ident(x4)),
+            ("block_module", "block", lambda: block(x4))]
 
 
 def measure_host(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cuda",
