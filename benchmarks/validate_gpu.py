@@ -557,16 +557,17 @@ WHOLE_MODEL_MISSES = """
   RegNet-X/Y at batch 32 (few-group convolutions) and SqueezeNet at batch 32 are underpredicted
   by a third or more.
 - Eager time at batch 1 is bound by the CPU, and the host costs are measured on microbenchmarks
-  (one operation called back to back, `PREFIX-host.csv`). Models whose forward runs much Python
-  of its own (maxvit_t, swin_t: window partitioning, many small tensors) take up to twice the
-  predicted eager time. Eager times also depend on the host CPU and its load (the run-to-run
-  lines above), so `eager_ms` describes the calibration machine.
+  (one operation, or one small conv-bn-relu block module, called back to back,
+  `PREFIX-host.csv`). Models whose forward runs much Python of its own (maxvit_t, swin_t: window
+  partitioning, many small tensors) are underpredicted by a quarter to 40% at batch 1. Eager
+  times also depend on the host CPU and its load (the run-to-run lines above), so `eager_ms`
+  describes the calibration machine.
 - In the operator tables, `add`, `cat` and `mean` are underpredicted by a third or more while
   most other operators are within 5-20%. We think memory layout is the cause that is not
   modelled beyond channels-last convolutions: an elementwise operation whose operands have
   different layouts (ConvNeXt's residual additions after its permutes) or a concatenation
   along channels copies through slower strided kernels. ConvNeXt at batch 1 is underpredicted by
-  about a quarter.
+  a quarter to a third.
 """
 
 
