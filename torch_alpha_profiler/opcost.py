@@ -27,7 +27,7 @@ pieces; the other operations are reported as not costed by that profile.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
@@ -159,9 +159,3 @@ def pieces_energy_j(pieces: Sequence[Piece], ms: np.ndarray, profile) -> np.ndar
     watts = np.array([float(layers.get("linear", np.nan)) if p.cls == "linear"
                       else float(ops.get(p.cls, np.nan)) for p in pieces])
     return watts * ms / 1e3
-
-
-def op_classes_of(profile) -> Optional[List[str]]:
-    """The op classes ``profile`` can cost (linear always; the rest from its 'ops' section)."""
-    ops = profile.ops or {}
-    return ["linear"] + [c for c in ("matmul", "attention") if c in ops] + list(ops.get("stream", {}))
