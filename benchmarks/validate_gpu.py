@@ -574,7 +574,7 @@ WHOLE_MODEL_MISSES = """
 WHERE_IT_MISSES = """
 ## Where the model still misses, and why we think so
 
-- **Per-layer error stays far above the 15% target** (about 32% held-out MAPE in fp32, 46% in bf16),
+- **Per-layer error stays far above the 15% target** (about 31% held-out MAPE in fp32, 46% in bf16),
   and it is not measurement noise: the same layers timed twice differ by about 1% (the noise floor
   above). The time of a layer is not a smooth function of its axes on this GPU: cuDNN and cuBLAS
   switch kernels from one shape to the next. Examples from the raw data: an fp32 grouped 3x3
