@@ -98,6 +98,23 @@ def channels_last_cv(nchw, nhwc, family, free):
     return pred
 
 
+def _layout_speedup(data, dtype):
+    """How much faster the channels-last rows ran than the same configurations in NCHW."""
+    keys = ("kind", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride", "groups", "padding", "dilation", "bias")
+
+    def rows(name):
+        with open(os.path.join(data, name), newline="") as f:
+            return {tuple(r[k] for k in keys): r for r in csv.DictReader(f) if r["status"] == "ok"}
+
+    nchw, nhwc = rows(f"calib-{dtype}.csv"), rows(f"calib-{dtype}-nhwc.csv")
+    both = [k for k in nhwc if k in nchw]
+    ratio = np.array([float(nchw[k]["time_ms"]) / float(nhwc[k]["time_ms"]) for k in both])
+    dw = np.array([nchw[k]["groups"] == nchw[k]["Cin"] for k in both])
+    return (f"NCHW time over channels-last time of the same configurations: median {np.median(ratio):.2f} "
+            f"over all {len(both)} rows; depthwise ({int(dw.sum())} rows): median {np.median(ratio[dw]):.2f}, "
+            f"up to {ratio[dw].max():.1f}.")
+
+
 def _ape(pred, t):
     return np.abs(pred / t - 1) * 100
 
@@ -135,6 +152,7 @@ def main(argv=None):
         nhwc = with_default_dtype(read_layer_table(os.path.join(args.data, f"calib-{dtype}-nhwc.csv")), dtype)
         shipped = CHANNELS_LAST_FREE["axes"]
         lines += ["", f"## {dtype}: channels-last Conv2d ({len(nhwc)} calibration rows)", "",
+                  _layout_speedup(args.data, dtype), "",
                   "The axes family's NCHW parameters (fitted on `calib-DTYPE.csv`), with some parameters refitted "
                   "on the channels-last rows:", "",
                   "| refitted per class | CV MAPE % | CV median APE % |", "|---|---:|---:|"]

@@ -127,3 +127,17 @@ def test_measure_train_on_cpu_writes_rows_and_resumes(tmp_path):
     assert len(rows) == len(plan) and all(r["status"] == "ok" and float(r["time_ms"]) > 0 for r in rows)
     assert {r["cls"] for r in rows if r["source"] == "layer"} <= {"Conv2d", "Linear"}
     assert measure_train(plan, out, device="cpu", timer=timer) == []  # resumed: nothing left to time
+
+
+def test_fit_names_a_malformed_number_in_an_op_table(tmp_path, capsys):
+    from torch_alpha_profiler.cli import main
+
+    table = tmp_path / "t.csv"
+    table.write_text("kind,N,Cin,Cout,H,W,K1,K2,time_ms\nConv2d,1,8,8,8,8,3,3,0.01\n"
+                     "Conv2d,1,16,16,8,8,3,3,0.02\nConv2d,1,32,32,8,8,3,3,0.03\n")
+    ops = tmp_path / "ops.csv"
+    ops.write_text("op,cls,ops,nbytes,time_ms,status\nadd,elementwise,add,1000,0.01,ok\n"
+                   "add,elementwise,add,abc,0.01,ok\nadd,elementwise,add,,,oom\n")
+    assert main(["fit", str(table), "--out", str(tmp_path / "p.json"), "--ops", str(ops)]) == 2
+    assert "ops.csv line 3: column 'nbytes' must be a number, got 'abc'" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()

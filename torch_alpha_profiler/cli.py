@@ -277,16 +277,16 @@ def cmd_fit(args) -> int:
 
             if not args.ops:
                 raise CliError("--power needs --ops (the op rows carry energy too)")
-            extra["power"] = fit_power(table, args.family, _read_rows(args.ops, ("cls", "time_ms")),
+            extra["power"] = fit_power(table, args.family, _read_rows(args.ops, ("cls", "time_ms"), ("time_ms",)),
                                        provenance.get("idle_power_w"))
         if args.ops:
             from .opcost import L2_BYTES
 
-            extra["ops"] = fit_ops(_read_rows(args.ops, ("cls", "nbytes", "time_ms")),
+            extra["ops"] = fit_ops(_read_rows(args.ops, ("cls", "nbytes", "time_ms"), ("nbytes", "time_ms")),
                                    l2_bytes=provenance.get("l2_cache_bytes") or L2_BYTES)
             provenance["ops_source"] = args.ops
         if args.host:
-            extra["host"] = fit_host(_read_rows(args.host, ("kind", "host_class", "host_us")))
+            extra["host"] = fit_host(_read_rows(args.host, ("kind", "host_class", "host_us"), ("host_us",)))
             provenance["host_source"] = args.host
         profile = replace(profile, provenance=dict(profile.provenance, **provenance), **extra)
     profile.save(args.out, overwrite=args.force)
@@ -296,9 +296,11 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _read_rows(path: str, required) -> list:
-    """The rows of a calibration CSV, checking that its header has the ``required`` columns."""
+def _read_rows(path: str, required, numeric=()) -> list:
+    """The rows of a calibration CSV, checking that its header has the ``required`` columns and
+    that the ``numeric`` ones hold numbers in every measured row (status ok or absent)."""
     import csv
+    import math
 
     try:
         with open(path, newline="") as f:
@@ -306,9 +308,20 @@ def _read_rows(path: str, required) -> list:
             missing = [c for c in required if c not in (reader.fieldnames or ())]
             if missing:
                 raise CliError(f"{path}: missing column(s) {', '.join(missing)}")
-            return list(reader)
+            rows = list(reader)
     except FileNotFoundError:
         raise CliError(f"{path}: no such file") from None
+    for line, r in enumerate(rows, start=2):
+        if r.get("status", "ok") != "ok":
+            continue
+        for col in numeric:
+            try:
+                ok = math.isfinite(float(r[col]))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise CliError(f"{path} line {line}: column '{col}' must be a number, got {r[col]!r}")
+    return rows
 
 
 def cmd_predict(args) -> int:
