@@ -145,3 +145,17 @@ def test_eager_ms_is_at_least_the_gpu_time(name):
     assert q.eager_ms >= p.eager_ms
     calls = len(q.records) + sum(len(o.pieces) for o in q.ops)
     assert q.eager_ms >= calls * 0.050  # at least every launch, back to back
+
+
+def test_no_eager_estimate_without_the_other_operations():
+    """scope "layers" records no op launches: an eager time from the layers alone would mislead."""
+    import torch
+    from torch import nn
+
+    from torch_alpha_profiler import AlphaProfiler, load_profile
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU())
+    with AlphaProfiler(model, profile=load_profile("h100-fp32", warn_device=False), scope="layers") as p, \
+            torch.no_grad():
+        model(torch.randn(1, 3, 8, 8))
+    assert p.records and p.eager_ms is None

@@ -126,7 +126,7 @@ def _time_line(p, mode: str, grid: Optional[float] = None) -> str:
         parts += f" + other operations {p.ops_ms:.3f} ms"
     text = f"predicted GPU time (kernels back to back, as in a CUDA graph): {p.predicted_ms:.3f} ms ({parts})"
     eager = p.eager_ms
-    if eager is not None and p.scope == "model":
+    if eager is not None:
         text += f"\npredicted eager time (CPU launches included): {eager:.3f} ms"
     joules = p.energy_j
     if joules is not None:
@@ -181,7 +181,7 @@ def cmd_compare(args) -> int:
         for batch in args.batch:
             p = _profile_model(name, batch, _input_size(args, name), profile, args.device, args.scope)
             scope = p.scope  # "auto" resolved by the profile
-            eager = p.eager_ms if scope == "model" else None
+            eager = p.eager_ms
             rows.append({"model": name, "batch": batch, "flops": p.total_flops,
                          "alpha_flops": p.total_alpha_flops,
                          "predicted_ms": eager if args.mode == "eager" else p.predicted_ms,

@@ -298,11 +298,12 @@ class AlphaProfiler:
     @property
     def eager_ms(self) -> Optional[float]:
         """Predicted wall time of one eager forward (CPU launching kernels, the GPU running
-        them), in ms; None when the profile has no host costs."""
+        them), in ms; None when the profile has no host costs, or with scope "layers" (the
+        launches of the other operations were not recorded)."""
         from .eager import eager_ms, timeline
 
         host = self.profile.host
-        if host is None:
+        if host is None or self.scope != "model":
             return None
         stack = self._stack
         totals = (stack.module_calls, stack.view_calls) if stack is not None else (0, 0)
