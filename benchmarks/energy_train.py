@@ -5,12 +5,14 @@
 For each torchvision model at one batch size (32 by default):
 
 - forward (eval, no grad) captured as a CUDA graph and replayed for at least
-  --seconds: milliseconds per call (CUDA events), joules per call and average
-  board power (NVML's total-energy counter read around the replays);
+  --seconds: milliseconds per call (CUDA events), average board power and joules
+  per call (NVML's total-energy counter polled during the replays: the energy
+  between its first and last step over the time between them, as the calibration's
+  energy stage measures, calibrate/power.py);
 - training step (train mode, forward + sum of the outputs + backward, no optimizer)
   captured as a CUDA graph the same way, replayed for at least --train-seconds.
 
-The GPU's idle power is read first. Rows are appended as they are taken; a model
+The GPU's idle power is measured first the same way. Rows are appended as they are taken; a model
 whose step cannot be captured gets its error in ``status``. Nothing here is fitted:
 it is the measurement that the energy and training cost classes will be checked on.
 """
@@ -26,51 +28,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from validate_gpu import MODELS  # noqa: E402
 
-COLUMNS = ("model", "batch", "dtype", "fwd_ms", "fwd_j", "fwd_w", "train_ms", "train_j", "train_w",
-           "idle_w", "status", "device_name")
+COLUMNS = ("model", "batch", "dtype", "fwd_ms", "fwd_j", "fwd_w", "fwd_window_s", "fwd_steps", "train_ms",
+           "train_j", "train_w", "train_window_s", "train_steps", "idle_w", "status", "device_name")
 
 
-def _graph(fn):
+def measure(name, batch, dtype, seconds, train_seconds, counter):
     import torch
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
-
-
-def _replay(graph, seconds, nvml, handle):
-    """(ms per replay, joules per replay) over at least ``seconds`` of back-to-back replays."""
-    import torch
-
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    end.synchronize()
-    n = max(10, int(seconds * 1e3 / max(start.elapsed_time(end), 1e-3)))
-    e0 = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-    start.record()
-    for _ in range(n):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    e1 = nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-    ms = start.elapsed_time(end) / n
-    return ms, (e1 - e0) / 1e3 / n
-
-
-def measure(name, batch, dtype, seconds, train_seconds, nvml, handle):
-    import torch
-
+    from torch_alpha_profiler.calibrate.power import PowerMeter
     from torch_alpha_profiler.zoo import build_model, default_input_size
 
     dt = getattr(torch, dtype)
@@ -84,8 +49,9 @@ def measure(name, batch, dtype, seconds, train_seconds, nvml, handle):
             model(x)
 
     model.eval()
-    ms, joules = _replay(_graph(forward), seconds, nvml, handle)
-    row.update(fwd_ms=f"{ms:.6g}", fwd_j=f"{joules:.6g}", fwd_w=f"{joules / ms * 1e3:.4g}")
+    r = PowerMeter(counter, seconds=seconds, max_seconds=4 * seconds).measure(forward)
+    row.update(fwd_ms=f"{r.ms_per_call:.6g}", fwd_j=f"{r.joules_per_call:.6g}", fwd_w=f"{r.watts:.4g}",
+               fwd_window_s=f"{r.window_s:.3g}", fwd_steps=str(r.steps))
 
     model.train()
     for p in model.parameters():
@@ -97,8 +63,9 @@ def measure(name, batch, dtype, seconds, train_seconds, nvml, handle):
         out = out[0] if isinstance(out, (tuple, list)) else out  # inception/googlenet: aux outputs
         out.float().sum().backward()
 
-    ms, joules = _replay(_graph(step), train_seconds, nvml, handle)
-    row.update(train_ms=f"{ms:.6g}", train_j=f"{joules:.6g}", train_w=f"{joules / ms * 1e3:.4g}")
+    r = PowerMeter(counter, seconds=train_seconds, max_seconds=4 * train_seconds).measure(step)
+    row.update(train_ms=f"{r.ms_per_call:.6g}", train_j=f"{r.joules_per_call:.6g}", train_w=f"{r.watts:.4g}",
+               train_window_s=f"{r.window_s:.3g}", train_steps=str(r.steps))
     return row
 
 
@@ -112,13 +79,14 @@ def main(argv=None):
     parser.add_argument("--train-seconds", type=float, default=1.0)
     args = parser.parse_args(argv)
 
-    import pynvml as nvml
     import torch
 
-    nvml.nvmlInit()
-    handle = nvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+    from torch_alpha_profiler.calibrate.power import PowerMeter
+    from torch_alpha_profiler.energy import nvml_energy_counter
+
+    counter = nvml_energy_counter(torch.cuda.current_device())
     time.sleep(2.0)
-    idle_w = nvml.nvmlDeviceGetPowerUsage(handle) / 1e3
+    idle_w = PowerMeter(counter, seconds=1.0, max_seconds=4.0).measure(None).watts
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"energy-train-{args.dtype}.csv")
     new = not os.path.exists(path)
@@ -130,7 +98,7 @@ def main(argv=None):
             row = {"model": name, "batch": args.batch, "dtype": args.dtype, "idle_w": f"{idle_w:.4g}",
                    "status": "ok", "device_name": torch.cuda.get_device_name()}
             try:
-                row.update(measure(name, args.batch, args.dtype, args.seconds, args.train_seconds, nvml, handle))
+                row.update(measure(name, args.batch, args.dtype, args.seconds, args.train_seconds, counter))
             except Exception as e:  # noqa: BLE001 - recorded, not hidden
                 row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:80]}".replace(",", ";")
             torch.cuda.empty_cache()
@@ -138,7 +106,6 @@ def main(argv=None):
             f.flush()
             print(f"{name} b{args.batch} {args.dtype}: fwd {row.get('fwd_ms')} ms {row.get('fwd_w')} W, "
                   f"train {row.get('train_ms')} ms {row.get('train_w')} W {row['status']}", flush=True)
-    nvml.nvmlShutdown()
 
 
 if __name__ == "__main__":

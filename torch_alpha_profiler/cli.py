@@ -480,8 +480,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite PREFIX.json if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--energy", action="store_true",
-                   help="also read the GPU's energy counter (NVML) around every timed block and fit per-class "
-                        "power; about 2.5x longer")
+                   help="also measure board power (NVML energy counter, polled during 0.3 s of back-to-back "
+                        "calls) of a subset of the plans into PREFIX-energy.csv; about 2 minutes")
     p.add_argument("--train", action="store_true",
                    help="also time training steps (forward + backward) of plan subsets into PREFIX-train.csv "
                         "(raw data for training-cost classes; not fitted yet)")

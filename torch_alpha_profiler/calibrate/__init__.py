@@ -58,19 +58,23 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         seconds[stage] = round(now - clock, 1)
         clock = now
 
-    raw, ops_csv, host_csv, nhwc_csv, train_csv = (
-        out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv", "-train.csv"))
-    counter = idle_w = None
-    if energy and timer is None and device.startswith("cuda"):
-        # NVML's energy counter read around every timed block gives each class's power (energy.py)
-        from ..energy import idle_power_w, nvml_energy_counter
-        from .timers import CudaGraphTimer
+    raw, ops_csv, host_csv, nhwc_csv, train_csv, energy_csv = (
+        out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv", "-train.csv", "-energy.csv"))
+    meter = idle_w = None
+    if energy:
+        # NVML's energy counter, polled while each row of the energy plan runs (power.py)
+        from ..energy import nvml_energy_counter
+        from .power import PowerMeter
 
-        index = torch.device(device).index
-        counter = nvml_energy_counter(torch.cuda.current_device() if index is None else index)
-        if counter is not None:
-            idle_w = idle_power_w(counter)
-        timer = CudaGraphTimer(energy=counter)
+        index = torch.device(device).index if device.startswith("cuda") else None
+        counter = nvml_energy_counter(torch.cuda.current_device() if index is None else index) \
+            if device.startswith("cuda") else None
+        if counter is None:
+            raise RuntimeError("energy calibration needs a GPU whose energy counter NVML can read "
+                               "(pip install nvidia-ml-py)")
+        meter = PowerMeter(counter)
+        time.sleep(1.0)
+        idle_w = meter.measure(None).watts
     plan = make_plan(scale=scale, seed=seed)
     measure_plan(plan, raw, device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
     lap("layers")
@@ -86,12 +90,20 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         measure_plan(channels_last_plan(plan), nhwc_csv, device=device, dtype=dtype, timer=timer,
                      resume=resume, progress=progress)
         lap("channels_last")
+    train_rows = []
     if train:
         from .train import measure_train, train_plan
 
-        measure_train(train_plan(plan, _op_plan(scale, seed)), train_csv,
-                      device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
+        train_rows = train_plan(plan, _op_plan(scale, seed))
+        measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,
+                      progress=progress)
         lap("train")
+    if meter is not None:
+        from .power import energy_plan, measure_energy
+
+        measure_energy(energy_plan(plan, _op_plan(scale, seed), train_rows), energy_csv, meter, device=device,
+                       dtype=dtype, resume=resume, progress=progress)
+        lap("energy")
 
     with open(raw + ".env.json") as f:
         env = json.load(f)
@@ -117,11 +129,6 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
                                                           profile.parameters),
                           provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
                                           channels_last_source=nhwc_csv))
-        if counter is not None:
-            from ..energy import fit_power
-
-            profile = replace(profile, power=fit_power(read_layer_table(raw), family,
-                                                       list(read_results(ops_csv)), idle_w))
     lap("fit")
     seconds["total"] = round(sum(seconds.values()), 1)
     profile = replace_provenance(profile, calibration_seconds=seconds)

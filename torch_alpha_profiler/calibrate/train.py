@@ -3,11 +3,12 @@
 A training step of a layer is its forward (train mode) and its backward: for a
 convolution, a grad-input and a grad-weight convolution; for Linear, two matrix
 products; for a memory-bound operation, its own backward kernel. Each plan row
-(an eighth of the Conv2d/Linear plan, a third of the op plan's trainable kinds)
+(an eighth of the Conv2d/Linear plan, a third of those again with an input that needs no
+gradient, half of the op plan's trainable kinds)
 is timed with the same timer as the forward, the input and parameters
 requiring grad and a fixed output gradient; rows go to ``PREFIX-train.csv``
 with the forward's row key, so ``train_ms / time_ms`` of the same configuration
-is its step-over-forward ratio (fitted in train.fit_train).
+is its step-over-forward ratio. trainfit.py fits the training cost classes on them.
 """
 from __future__ import annotations
 
@@ -19,27 +20,34 @@ from .measure import Progress, RESULT_COLUMNS, build_layer, run_rows, timing_fie
 from .opplan import KINDS
 
 TRAIN_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(c for c in RESULT_COLUMNS if c != "status") + (
-    "cls", "status")
+    "input_grad", "cls", "status")
+# a row's identity in the training and energy CSVs (resume)
+TRAIN_KEY_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3", "kind", "N", "Cin", "Cout", "H", "W", "K1", "K2",
+                     "stride", "groups", "padding", "dilation", "bias", "input_grad")
 # op kinds timed for training: in-place kinds (relu_, silu_, hardswish_) cannot take a leaf
 # that requires grad, and their out-of-place twins' elementwise class stands for them
 TRAIN_OP_KINDS = tuple(k for k in KINDS if not k.endswith("_"))
 
 
 def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
-               layer_every: int = 8, op_every: int = 3) -> List[Dict[str, str]]:
-    """Every ``layer_every``-th layer row and every ``op_every``-th op row of a trainable kind."""
-    rows = [dict(r, source="layer") for r in layer_plan[::layer_every]]
+               layer_every: int = 8, op_every: int = 2, no_input_grad_every: int = 3) -> List[Dict[str, str]]:
+    """Every ``layer_every``-th layer row and every ``op_every``-th op row of a trainable kind;
+    every ``no_input_grad_every``-th of those layer rows again with an input that needs no
+    gradient (``input_grad`` 0: a network's first layer, which computes no grad-input)."""
+    layers = [dict(r, source="layer", input_grad="1") for r in layer_plan[::layer_every]]
+    rows = layers + [dict(r, input_grad="0") for r in layers[::no_input_grad_every]]
     ops = [r for r in op_plan if r["op"] in TRAIN_OP_KINDS]
-    rows += [dict(r, source="op", kind="") for r in ops[::op_every]]
+    rows += [dict(r, source="op", kind="", input_grad="1") for r in ops[::op_every]]
     return rows
 
 
-def _layer_step(r, device, dtype, seed):
+def layer_step(r, device, dtype, seed):
+    """A zero-argument training step (forward + backward) of the layer of plan row ``r``."""
     import torch
 
     layer, x = build_layer(r, device, dtype, seed=seed)
     layer.train()
-    x.requires_grad_(True)
+    x.requires_grad_(r.get("input_grad", "1") != "0")
     grad = torch.randn_like(layer(x))
 
     def step():
@@ -48,7 +56,8 @@ def _layer_step(r, device, dtype, seed):
     return step
 
 
-def _op_step(r, device, dtype):
+def op_step(r, device, dtype):
+    """(cost class, zero-argument training step) of the op of plan row ``r``."""
     import torch
 
     from .opplan import _functions, make_inputs
@@ -73,8 +82,7 @@ def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "c
 
     if timer is None:
         timer = CudaGraphTimer() if device.startswith("cuda") else CpuTimer()
-    key_cols = ("source", "op", "d0", "d1", "d2", "d3", "kind", "N", "Cin", "Cout", "H", "W", "K1", "K2",
-                "stride", "groups", "padding", "dilation", "bias")
+    key_cols = TRAIN_KEY_COLUMNS
     done = set()
     if resume and os.path.exists(out_csv):
         with open(out_csv, newline="") as f:
@@ -82,9 +90,9 @@ def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "c
 
     def time_row(i, r):
         if r["source"] == "layer":
-            cls, step = r["kind"], _layer_step(r, device, dtype, seed=i)
+            cls, step = r["kind"], layer_step(r, device, dtype, seed=i)
         else:
-            cls, step = _op_step(r, device, dtype)
+            cls, step = op_step(r, device, dtype)
         return dict(timing_fields(timer.measure(step)), cls=cls)
 
     return run_rows(plan, out_csv, TRAIN_COLUMNS, lambda r: ",".join(r.get(c, "") for c in key_cols) in done,
