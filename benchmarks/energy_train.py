@@ -28,8 +28,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from validate_gpu import MODELS  # noqa: E402
 
-COLUMNS = ("model", "batch", "dtype", "fwd_ms", "fwd_j", "fwd_w", "fwd_window_s", "fwd_steps", "train_ms",
-           "train_j", "train_w", "train_window_s", "train_steps", "idle_w", "status", "device_name")
+COLUMNS = ("model", "batch", "dtype", "fwd_ms", "fwd_j", "fwd_w", "fwd_window_s", "fwd_steps", "fwd_busy",
+           "train_ms", "train_j", "train_w", "train_window_s", "train_steps", "train_busy", "idle_w", "status",
+           "device_name")
 
 
 def measure(name, batch, dtype, seconds, train_seconds, counter):
@@ -51,7 +52,7 @@ def measure(name, batch, dtype, seconds, train_seconds, counter):
     model.eval()
     r = PowerMeter(counter, seconds=seconds, max_seconds=4 * seconds).measure(forward)
     row.update(fwd_ms=f"{r.ms_per_call:.6g}", fwd_j=f"{r.joules_per_call:.6g}", fwd_w=f"{r.watts:.4g}",
-               fwd_window_s=f"{r.window_s:.3g}", fwd_steps=str(r.steps))
+               fwd_window_s=f"{r.window_s:.3g}", fwd_steps=str(r.steps), fwd_busy=f"{r.busy:.3f}")
 
     model.train()
     for p in model.parameters():
@@ -65,7 +66,8 @@ def measure(name, batch, dtype, seconds, train_seconds, counter):
 
     r = PowerMeter(counter, seconds=train_seconds, max_seconds=4 * train_seconds).measure(step)
     row.update(train_ms=f"{r.ms_per_call:.6g}", train_j=f"{r.joules_per_call:.6g}", train_w=f"{r.watts:.4g}",
-               train_window_s=f"{r.window_s:.3g}", train_steps=str(r.steps))
+               train_window_s=f"{r.window_s:.3g}", train_steps=str(r.steps),
+               train_busy=f"{r.busy:.3f}")
     return row
 
 

@@ -29,8 +29,9 @@ def _input_size(args, name: str):
     return (size[0], size[0]) if len(size) == 1 else (size[0], size[1])
 
 
-def _profile_model(name: str, batch: int, size, profile, device: str, scope: str = "model"):
-    """Profile one forward of ``name``; ``device`` is one of shapes.DEVICES (see there)."""
+def _profile_model(name: str, batch: int, size, profile, device: str, scope: str = "model", train: bool = False):
+    """Profile one forward of ``name``; ``device`` is one of shapes.DEVICES (see there); ``train``:
+    the forward of a training step (train mode, autograd on)."""
     from .shapes import resolve_device
     from .zoo import build_model
 
@@ -44,20 +45,20 @@ def _profile_model(name: str, batch: int, size, profile, device: str, scope: str
         model = model.to(dtype)
     if run == "hybrid":
         try:
-            return _forward(model, batch, size, profile, "hybrid", scope)
+            return _forward(model, batch, size, profile, "hybrid", scope, train)
         except Exception:
             if device != "auto":
                 raise
             run = "meta"  # an op the hybrid pass cannot run: meta gives the same shapes
     try:
-        return _forward(model, batch, size, profile, run, scope)
+        return _forward(model, batch, size, profile, run, scope, train)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CliError(f"the forward pass of {name!r} on a {batch}x3x{size[0]}x{size[1]} input failed: "
                        f"{first}") from None
 
 
-def _forward(model, batch: int, size, profile, run: str, scope: str = "model"):
+def _forward(model, batch: int, size, profile, run: str, scope: str = "model", train: bool = False):
     import contextlib
 
     import torch
@@ -70,7 +71,8 @@ def _forward(model, batch: int, size, profile, run: str, scope: str = "model"):
         x, mode = torch.zeros(batch, 3, *size, dtype=dtype), ShapeOnlyMode()
     else:
         x, mode = torch.randn(batch, 3, *size, device=run, dtype=dtype), contextlib.nullcontext()
-    with AlphaProfiler(model, profile=profile, scope=scope) as p, torch.no_grad(), mode:
+    model.train(train)
+    with AlphaProfiler(model, profile=profile, scope=scope) as p, torch.set_grad_enabled(train), mode:
         model(x)
     return p
 
@@ -260,7 +262,7 @@ def cmd_fit(args) -> int:
         raise CliError(f"{args.table}: no positive, finite 'time_ms' values to fit")
     profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
                           provenance=provenance)
-    if args.ops or args.host or args.channels_last or args.power:
+    if args.ops or args.host or args.channels_last or args.train or args.energy:
         from dataclasses import replace
 
         from .fit import fit_channels_last
@@ -272,13 +274,29 @@ def cmd_fit(args) -> int:
                 with_default_dtype(read_layer_table(args.channels_last), provenance["dtype"]), args.family,
                 profile.parameters)
             provenance["channels_last_source"] = args.channels_last
-        if args.power:
-            from .energy import fit_power
+        if (args.train or args.energy) and not args.ops:
+            raise CliError("--train and --energy need --ops (their op rows take bytes and geometry from it)")
+        if args.train:
+            from .opcost import L2_BYTES
+            from .trainfit import fit_train
 
-            if not args.ops:
-                raise CliError("--power needs --ops (the op rows carry energy too)")
-            extra["power"] = fit_power(table, args.family, _read_rows(args.ops, ("cls", "time_ms"), ("time_ms",)),
-                                       provenance.get("idle_power_w"))
+            try:
+                extra["train"] = fit_train(
+                    _read_rows(args.train, ("source", "time_ms"), ("time_ms",)),
+                    _read_rows(args.ops, ("cls", "nbytes", "time_ms"), ("nbytes", "time_ms")), args.family,
+                    provenance.get("l2_cache_bytes") or L2_BYTES, source=args.train)
+            except ValueError as e:
+                raise CliError(str(e)) from None
+        if args.energy:
+            from .powerfit import fit_power
+
+            try:
+                extra["power"] = fit_power(
+                    _read_rows(args.energy, ("source", "time_ms", "energy_mj"), ("time_ms", "energy_mj")),
+                    _read_rows(args.ops, ("cls", "nbytes", "time_ms"), ("nbytes", "time_ms")), args.family,
+                    provenance.get("idle_power_w"), source=args.energy)
+            except ValueError as e:
+                raise CliError(str(e)) from None
         if args.ops:
             from .opcost import L2_BYTES
 
@@ -454,8 +472,11 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", metavar="CSV", help="also set eager host costs from this CSV (PREFIX-host.csv)")
     p.add_argument("--channels-last", metavar="CSV",
                    help="also fit the family to these channels-last Conv2d times (PREFIX-nhwc.csv)")
-    p.add_argument("--power", action="store_true",
-                   help="also set per-class board power from the energy_mj columns of TABLE and --ops")
+    p.add_argument("--train", metavar="CSV",
+                   help="also fit the training-step classes to these step times (PREFIX-train.csv; needs --ops)")
+    p.add_argument("--energy", metavar="CSV",
+                   help="also fit the energy coefficients to these power measurements (PREFIX-energy.csv; "
+                        "needs --ops)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_fit)
 

@@ -52,14 +52,16 @@ def attach_costs(records: Sequence[LayerRecord], profile: DeviceProfile) -> List
     """Copies of ``records`` with their cost fields filled in."""
     if not records:
         return []
-    costs = evaluate(from_records(records), profile)
+    arrays = from_records(records)
+    costs = evaluate(arrays, profile)
     classes = get_family(profile.family).classes
-    watts = (profile.power or {}).get("layers", {})
+    coeffs = (profile.power or {}).get("forward")
     energy = [None] * len(records)
-    if watts:
-        table = np.array([float(watts.get(c, np.nan)) for c in classes])
-        joules = table[costs.cost_class] * costs.predicted_ms / 1e3
-        energy = [None if j != j else j for j in joules.tolist()]
+    if coeffs:
+        from .energy import energy_j
+
+        energy = energy_j(coeffs, [classes[c] for c in costs.cost_class], costs.predicted_ms, costs.flops,
+                          arrays.nbytes).tolist()
     # tolist() once per column: indexing numpy arrays element by element is 10x slower
     columns = zip(records, costs.macs.tolist(), costs.flops.tolist(), costs.alpha.tolist(),
                   costs.alpha_flops.tolist(), costs.predicted_ms.tolist(), costs.cost_class.tolist(), energy)

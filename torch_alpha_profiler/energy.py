@@ -1,20 +1,26 @@
-"""Energy per call: a calibrated board power per cost class, times the predicted time.
+"""Energy per call: a board's static power over the call's time, plus energy per FLOP and per byte.
 
-Calibration reads the GPU's energy counter (NVML, ``nvmlDeviceGetTotalEnergyConsumption``)
-around every timed block of the layer and op plans. A block (about 2 ms) is shorter
-than the counter's update period, so one row's reading is noisy; but blocks start
-at random phases of that period, so over a class the sum of the energies over the
-sum of the timed durations is the class's average board power while it runs
-(idle power included). A profile's ``power`` section holds those watts:
+Calibration's energy stage (calibrate/power.py) measures the average board power
+while each of a few hundred plan rows (forward layers and ops, training steps)
+runs back to back. The profile's ``power`` section holds, for the forward and
+for the training step, the coefficients of
 
-    energy_j = power_w[class] x predicted_ms / 1000
+    energy_j = static_w x ms / 1000 + j_per_flop[class] x FLOPs + j_per_byte x bytes
 
-per Conv2d/Linear layer (by layer class) and per other operation (by op class).
+``static_w``: the watts the board draws while busy whatever it computes (idle
+power, clocks held high); ``j_per_flop``: the energy of one FLOP in each
+matrix class (Linear, 1x1, KxK, grouped, depthwise convolutions, batched matmul,
+attention: tensor-core TF32/bf16 work costs less than fp32 CUDA-core work);
+``j_per_byte``: the energy of moving one byte of the layer's inputs, outputs and
+weights (the op's bytes read and written). Fitted by non-negative least squares
+on the relative error of each row's energy; the form was chosen by 5-fold
+cross-validation on the calibration rows (docs/forms-energy.md). A training
+step's coefficients are over the forward's FLOPs and bytes (its own time).
+
 CO2e = energy in kWh x the grid's carbon intensity (g CO2e per kWh).
 """
 from __future__ import annotations
 
-import time
 from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
@@ -23,6 +29,10 @@ import numpy as np
 # (Ember, Global Electricity Review 2024); pass --grid-intensity for a given grid
 DEFAULT_GRID_G_PER_KWH = 480.0
 GRID_SOURCE = "Ember, Global Electricity Review 2024: world average 2023, 480 g CO2e/kWh"
+
+# classes with an energy per FLOP: the layer family's classes and the batched matrix products
+FLOP_CLASSES = ("linear", "conv1x1", "convkxk", "grouped", "depthwise", "matmul", "attention")
+PHASES = ("forward", "train")
 
 
 def nvml_energy_counter(device_index: int = 0) -> Optional[Callable[[], float]]:
@@ -38,29 +48,14 @@ def nvml_energy_counter(device_index: int = 0) -> Optional[Callable[[], float]]:
     return lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1e3
 
 
-def idle_power_w(counter: Callable[[], float], seconds: float = 1.0) -> float:
-    """Average board power over ``seconds`` of an idle GPU, from the energy counter."""
-    e0, t0 = counter(), time.monotonic()
-    time.sleep(seconds)
-    return (counter() - e0) / (time.monotonic() - t0)
-
-
-def class_power(time_ms: np.ndarray, energy_mj: np.ndarray, classes: np.ndarray,
-                names: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """Per class: average power (W) = sum of energies / sum of times, and the rows used."""
-    out = {}
-    for i, name in enumerate(names):
-        sel = (classes == i) & np.isfinite(energy_mj) & np.isfinite(time_ms)
-        if sel.sum() >= 4 and time_ms[sel].sum() > 0:
-            calls = time_ms[sel].sum()
-            out[name] = {"power_w": float(energy_mj[sel].sum() / calls), "n": int(sel.sum())}
-    return out
-
-
-def energy_j(power: Mapping[str, object], group: str, cls: str, ms: float) -> Optional[float]:
-    """Energy of one call of class ``cls`` ('layers' or 'ops' ``group``) lasting ``ms``."""
-    watts = power.get(group, {}).get(cls)
-    return None if watts is None else float(watts) * ms / 1e3
+def energy_j(coeffs: Mapping[str, object], classes: Sequence[str], ms, flops, nbytes) -> np.ndarray:
+    """Joules per call of calls of ``classes`` lasting ``ms`` with ``flops`` and ``nbytes``,
+    under one phase's coefficients (static_w, j_per_flop, j_per_byte)."""
+    per_flop = coeffs.get("j_per_flop", {})
+    jpf = np.array([float(per_flop.get(c, 0.0)) for c in classes])
+    return (float(coeffs["static_w"]) * np.asarray(ms, dtype=np.float64) / 1e3
+            + jpf * np.asarray(flops, dtype=np.float64)
+            + float(coeffs["j_per_byte"]) * np.asarray(nbytes, dtype=np.float64))
 
 
 def co2e_g(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> float:
@@ -68,22 +63,22 @@ def co2e_g(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> flo
     return joules / 3.6e6 * grid_g_per_kwh
 
 
-def fit_power(layer_table, family: str, op_rows: Sequence[Mapping[str, str]], idle_w: Optional[float]
-              ) -> Dict[str, object]:
-    """The profile's 'power' section from calibration rows that carry ``energy_mj``."""
-    from .families import get_family
-    from .ops import MATRIX_CLASSES, STREAM_CLASSES
+def fit_energy(classes: Sequence[str], ms, flops, nbytes, joules) -> Dict[str, object]:
+    """One phase's coefficients, by non-negative least squares on each row's relative error;
+    a FLOP class with no row gets no coefficient (its FLOPs then cost only time and bytes)."""
+    from scipy.optimize import lsq_linear
 
-    def floats(values):
-        return np.array([float(v) if v not in ("", None) else np.nan for v in values])
+    from .fit import residual_stats
 
-    fam = get_family(family)
-    layers = class_power(layer_table.time_ms, floats(layer_table.columns.get("energy_mj", [""] * len(layer_table))),
-                         fam.classify(layer_table.arrays), fam.classes)
-    op_names = STREAM_CLASSES + tuple(c for c in MATRIX_CLASSES if c != "linear")
-    ok = [r for r in op_rows if r.get("status") == "ok" and r.get("cls") in op_names]
-    ops = class_power(floats([r["time_ms"] for r in ok]), floats([r.get("energy_mj", "") for r in ok]),
-                      np.array([op_names.index(r["cls"]) for r in ok]), op_names)
-    return {"idle_w": idle_w, "layers": {c: v["power_w"] for c, v in layers.items()},
-            "ops": {c: v["power_w"] for c, v in ops.items()},
-            "rows": {"layers": {c: v["n"] for c, v in layers.items()}, "ops": {c: v["n"] for c, v in ops.items()}}}
+    classes = list(classes)
+    ms, flops, nbytes, joules = (np.asarray(v, dtype=np.float64) for v in (ms, flops, nbytes, joules))
+    present = [c for c in FLOP_CLASSES if any(k == c and f > 0 for k, f in zip(classes, flops))]
+    columns = [ms / 1e3] + [np.where(np.array(classes) == c, flops, 0.0) for c in present] + [nbytes]
+    a = np.stack(columns, axis=1) / joules[:, None]
+    scale = np.abs(a).max(axis=0)
+    scale[scale == 0] = 1.0
+    x = lsq_linear(a / scale, np.ones(len(joules)), bounds=(0.0, np.inf)).x / scale
+    coeffs = {"static_w": float(x[0]), "j_per_flop": {c: float(v) for c, v in zip(present, x[1:-1])},
+              "j_per_byte": float(x[-1])}
+    coeffs["fit"] = residual_stats(energy_j(coeffs, classes, ms, flops, nbytes), joules)
+    return coeffs

@@ -195,9 +195,7 @@ class AxesFamily(Family):
         tiles = np.ceil(x["S"] / tile) * np.ceil(x["cout"] / tile) * arrays.groups
         occupancy = tiles / (np.ceil(tiles / sms) * sms)
         compute = compute / occupancy ** v["wave_exp"]
-        nbytes = arrays.itemsize * (arrays.N * arrays.Cin * arrays.Hin * arrays.Win + arrays.S * arrays.Cout
-                                    + arrays.Cout * (arrays.Cin // arrays.groups) * arrays.K)
-        memory = nbytes / (v["bw_gb_per_s"] * 1e6)  # GB/s -> bytes per ms
+        memory = arrays.nbytes / (v["bw_gb_per_s"] * 1e6)  # GB/s -> bytes per ms
         p = float(params["smooth_p"])
         return v["t0_ms"], (compute ** p + memory ** p) ** (1.0 / p)
 

@@ -53,6 +53,12 @@ class LayerArrays:
         """Multiply-accumulates, eq. (4) / 2, with input channels per group."""
         return self.S * self.Cout * (self.Cin // self.groups) * self.K
 
+    @property
+    def nbytes(self) -> np.ndarray:
+        """Bytes of the input, the output and the weights: the least a layer moves."""
+        return self.itemsize * (self.N * self.Cin * self.Hin * self.Win + self.S * self.Cout
+                                + self.Cout * (self.Cin // self.groups) * self.K)
+
 
 def _i64(values) -> np.ndarray:
     return np.asarray(values, dtype=np.int64)

@@ -153,9 +153,14 @@ def attach_op_costs(records: Sequence[OpRecord], profile) -> List[OpRecord]:
 
 
 def pieces_energy_j(pieces: Sequence[Piece], ms: np.ndarray, profile) -> np.ndarray:
-    """Energy of each piece: its class's power (linear pieces: the Linear layers') x its time."""
-    power = profile.power or {}
-    layers, ops = power.get("layers", {}), power.get("ops", {})
-    watts = np.array([float(layers.get("linear", np.nan)) if p.cls == "linear"
-                      else float(ops.get(p.cls, np.nan)) for p in pieces])
-    return watts * ms / 1e3
+    """Energy of each piece under the profile's forward power coefficients (energy.py); NaN
+    without power data."""
+    from .energy import energy_j
+    from .ops import piece_bytes, piece_macs
+
+    coeffs = (profile.power or {}).get("forward")
+    if not coeffs:
+        return np.full(len(pieces), np.nan)
+    return energy_j(coeffs, [p.cls for p in pieces], ms,
+                    [2.0 * piece_macs(p) if p.cls in ("linear", "matmul", "attention") else 0.0 for p in pieces],
+                    [piece_bytes(p) for p in pieces])

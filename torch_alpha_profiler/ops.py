@@ -246,6 +246,16 @@ def mha_pieces(query: Shape, key: Shape, embed: int, heads: int, batch_first: bo
                    Piece("linear", m=rows_q, k=embed, n=embed, itemsize=itemsize))
 
 
+def piece_bytes(p: Piece) -> int:
+    """Bytes a piece reads and writes: a stream's own; a product's operands and result
+    (attention: queries, keys, values and output)."""
+    if p.cls == "attention":
+        return p.itemsize * p.batch * (2 * p.m * p.k + 2 * p.n * p.k)
+    if p.cls in MATRIX_CLASSES:
+        return p.itemsize * p.batch * (p.m * p.k + p.k * p.n + p.m * p.n)
+    return p.nbytes
+
+
 def piece_macs(p: Piece) -> int:
     """Multiply-accumulates of a matrix piece (attention: its two products)."""
     macs = p.batch * p.m * p.k * p.n

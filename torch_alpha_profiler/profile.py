@@ -40,8 +40,12 @@ class DeviceProfile:
     host: Optional[Mapping[str, Any]] = None
     # the layer family's parameters fitted on channels-last (NHWC) convolutions
     channels_last: Optional[Mapping[str, Any]] = None
-    # board power per layer and op class while it runs (energy.py); None: energy unavailable
+    # energy per call: static power, energy per FLOP and per byte, forward and training step
+    # (energy.py); None: energy unavailable
     power: Optional[Mapping[str, Any]] = None
+    # training-step (forward + backward) parameters of the layer family and op classes
+    # (trainfit.py); None: training steps cannot be costed
+    train: Optional[Mapping[str, Any]] = None
 
     @property
     def time_scale_ms_per_mmac(self) -> float:
@@ -75,6 +79,8 @@ class DeviceProfile:
             doc["channels_last"] = _plain(self.channels_last)
         if self.power is not None:
             doc["power"] = _plain(self.power)
+        if self.train is not None:
+            doc["train"] = _plain(self.train)
         if self.fit_data is not None:
             doc["fit_data"] = _plain(self.fit_data)
         return doc
@@ -147,10 +153,14 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     if fit_data is not None and not isinstance(fit_data, Mapping):
         raise ProfileError(f"{where}: field 'fit_data' must be an object")
     ops, host, nhwc, power = doc.get("ops"), doc.get("host"), doc.get("channels_last"), doc.get("power")
-    if version < 2 and any(v is not None for v in (ops, host, nhwc, power)):
-        raise ProfileError(f"{where}: fields 'ops', 'host', 'channels_last' and 'power' need schema_version 2")
+    train = doc.get("train")
+    if version < 2 and any(v is not None for v in (ops, host, nhwc, power, train)):
+        raise ProfileError(f"{where}: fields 'ops', 'host', 'channels_last', 'power' and 'train' "
+                           "need schema_version 2")
     if power is not None:
         _check_power(power, where)
+    if train is not None:
+        _check_train(family, train, where)
     if nhwc is not None:
         if not isinstance(nhwc, Mapping) or not isinstance(nhwc.get("parameters"), Mapping):
             raise ProfileError(f"{where}: field 'channels_last' must be an object with 'parameters'")
@@ -162,7 +172,7 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
         provenance=prov, fit_data=fit_data, schema_version=version, ops=ops, host=host,
-        channels_last=nhwc, power=power,
+        channels_last=nhwc, power=power, train=train,
     )
 
 
@@ -225,16 +235,41 @@ def _check_ops(ops, where: str) -> None:
 
 
 def _check_power(power, where: str) -> None:
-    """The 'power' section: watts per layer class and per op class, all positive."""
-    if not isinstance(power, Mapping):
-        raise ProfileError(f"{where}: field 'power' must be an object")
-    for group in ("layers", "ops"):
-        table = power.get(group, {})
-        if not isinstance(table, Mapping):
-            raise ProfileError(f"{where}: field 'power.{group}' must be an object")
-        for cls in table:
-            if _number(table, cls, f"{where}: power.{group}") <= 0:
-                raise ProfileError(f"{where}: field 'power.{group}.{cls}' must be positive")
+    """The 'power' section: per phase, static watts, joules per byte and per FLOP of each class."""
+    from .energy import FLOP_CLASSES, PHASES
+
+    if not isinstance(power, Mapping) or not isinstance(power.get("forward"), Mapping):
+        raise ProfileError(f"{where}: field 'power' must be an object with 'forward'")
+    for phase in PHASES:
+        coeffs = power.get(phase)
+        if coeffs is None and phase != "forward":
+            continue
+        if not isinstance(coeffs, Mapping):
+            raise ProfileError(f"{where}: field 'power.{phase}' must be an object")
+        for key in ("static_w", "j_per_byte"):
+            if _number(coeffs, key, f"{where}: power.{phase}") < 0:
+                raise ProfileError(f"{where}: field 'power.{phase}.{key}' must not be negative")
+        per_flop = coeffs.get("j_per_flop", {})
+        if not isinstance(per_flop, Mapping):
+            raise ProfileError(f"{where}: field 'power.{phase}.j_per_flop' must be an object")
+        for cls in per_flop:
+            if cls not in FLOP_CLASSES:
+                raise ProfileError(f"{where}: field 'power.{phase}.j_per_flop.{cls}' is not a class with "
+                                   f"FLOPs ({', '.join(FLOP_CLASSES)})")
+            if _number(per_flop, cls, f"{where}: power.{phase}.j_per_flop") < 0:
+                raise ProfileError(f"{where}: field 'power.{phase}.j_per_flop.{cls}' must not be negative")
+
+
+def _check_train(family, train, where: str) -> None:
+    """The 'train' section: the layer family's and the op classes' parameters for training steps."""
+    if not isinstance(train, Mapping) or not isinstance(train.get("parameters"), Mapping):
+        raise ProfileError(f"{where}: field 'train' must be an object with 'parameters'")
+    _check_parameters(family, train["parameters"], f"{where}: train.parameters")
+    ratio = _number(train, "no_input_grad_ratio", f"{where}: train")
+    if not 0 < ratio <= 1:
+        raise ProfileError(f"{where}: field 'train.no_input_grad_ratio' is {ratio!r}; expected (0, 1]")
+    if train.get("ops") is not None:
+        _check_ops(train["ops"], f"{where}: train")
 
 
 def _check_host(host, where: str) -> None:

@@ -156,7 +156,8 @@ class AlphaProfiler:
             # the output's dtype is what the layer computed in (autocast changes it)
             # a 4-D input in channels-last (NHWC) memory format runs other kernels
             nhwc = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=_NHWC)
-            calls.append((extract, name, module, x.shape, output.shape, output.dtype, x.device, nhwc))
+            grad = x.requires_grad if torch.is_grad_enabled() else None
+            calls.append((extract, name, module, x.shape, output.shape, output.dtype, x.device, nhwc, grad))
             order.append((next(seq), stack.module_calls, stack.view_calls) if stack is not None
                          else (next(seq), 0, 0))
             self._costed = None
@@ -172,10 +173,12 @@ class AlphaProfiler:
         """The recorded calls as uncosted LayerRecords, in call order."""
         if self._calls:
             calls, self._calls[:] = list(self._calls), []  # also drops the module references
-            for extract, name, module, in_shape, out_shape, dtype, device, nhwc in calls:
+            for extract, name, module, in_shape, out_shape, dtype, device, nhwc, grad in calls:
                 record = extract(name, module, tuple(in_shape), tuple(out_shape), str(dtype)[6:],
                                  device.type, len(self._raw))
-                self._raw.append(replace(record, channels_last=True) if nhwc else record)
+                if nhwc or grad is not None:
+                    record = replace(record, channels_last=nhwc, input_grad=grad)
+                self._raw.append(record)
         return self._raw
 
     def _composite_hook(self, name: str):
@@ -294,6 +297,44 @@ class AlphaProfiler:
 
         joules = self.energy_j
         return None if joules is None else co2e_g(joules, grid_g_per_kwh or DEFAULT_GRID_G_PER_KWH)
+
+    def train_records(self) -> List[LayerRecord]:
+        """The Conv2d/Linear calls costed as training steps (forward + backward: predicted_ms,
+        energy_j); the profile must have training classes ('train')."""
+        from .traincost import attach_train_costs
+
+        return attach_train_costs(self._recorded(), self.profile)
+
+    def train_ops(self) -> List[OpRecord]:
+        """The other operations costed as training steps (forward + backward)."""
+        from .opcost import attach_op_costs
+        from .traincost import training_view
+
+        view = training_view(self.profile)
+        if view is None:
+            raise ValueError(f"profile {self.profile.name!r} has no training-step classes ('train')")
+        return attach_op_costs(self._recorded_ops(), view)
+
+    @property
+    def train_step_ms(self) -> Optional[float]:
+        """Predicted GPU time of one training step (the recorded forward and its backward; no
+        optimizer, no data loading), in ms; None without training classes in the profile.
+        Record the forward as it runs in training (``model.train()``, autograd on)."""
+        if not self.profile.train:
+            return None
+        return float(sum(r.predicted_ms for r in self.train_records())
+                     + sum(o.predicted_ms for o in self.train_ops() if o.predicted_ms is not None))
+
+    @property
+    def train_energy_j(self) -> Optional[float]:
+        """Predicted GPU energy of one training step, in joules; None without training classes
+        or training power coefficients in the profile."""
+        from .traincost import train_energy_available
+
+        if not train_energy_available(self.profile):
+            return None
+        return float(sum(r.energy_j or 0.0 for r in self.train_records())
+                     + sum(o.energy_j or 0.0 for o in self.train_ops()))
 
     @property
     def eager_ms(self) -> Optional[float]:

@@ -44,6 +44,9 @@ class LayerRecord:
     device: str = "cpu"
     call_index: int = 0
     channels_last: bool = False  # Conv2d input in channels-last (NHWC) memory format
+    # whether the input required grad (a training step computes its grad-input); None when
+    # recorded with autograd off
+    input_grad: Optional[bool] = None
     # costs, filled in by cost.attach_costs()
     macs: Optional[int] = None
     flops: Optional[int] = None

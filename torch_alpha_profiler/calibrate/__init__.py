@@ -28,12 +28,13 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
       ``PREFIX-host.csv``, the CPU's cost of eager calls; ``PREFIX-nhwc.csv``,
       a tenth of the Conv2d rows again with channels-last (NHWC) inputs;
     * with ``train``: ``PREFIX-train.csv``, training steps (forward + backward) of an eighth of
-      the layers and a third of the trainable ops (train.py; raw data, not fitted yet);
+      the layers and half of the trainable ops (train.py), fitted into the profile's 'train'
+      section (trainfit.py);
+    * with ``energy`` (a GPU whose energy counter NVML reads): ``PREFIX-energy.csv``, board
+      power while each of about 270 rows of the plans (and of the training plan) runs for
+      0.3 s (power.py), fitted into the 'power' section (powerfit.py, energy.py); the idle
+      power goes to the provenance. About 2 minutes on an H100;
     * ``PREFIX.json``: the profile, with the seconds each stage took.
-
-    With ``energy`` (a GPU with an NVML energy counter), every timed block's energy is read
-    too (``energy_mj``) and the profile gets per-class board powers ('power'). Reading the
-    counter takes milliseconds, so this makes the calibration about 2.5 times longer.
 
     Refuses to start when the profile file exists and ``overwrite`` is false.
     """
@@ -44,6 +45,9 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     from .measure import measure_plan
     from .plan import channels_last_plan, make_plan
 
+    if (train or energy) and not ops:
+        raise ValueError("training and energy calibration need the op plan (ops=True): their op rows "
+                         "take bytes and geometry from it")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for, but no CUDA device is available")
     profile_path = out_prefix + ".json"
@@ -129,6 +133,17 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
                                                           profile.parameters),
                           provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
                                           channels_last_source=nhwc_csv))
+        if train:
+            from ..trainfit import fit_train
+
+            profile = replace(profile, train=fit_train(list(read_results(train_csv)), list(read_results(ops_csv)),
+                                                       family, l2, source=train_csv))
+        if meter is not None:
+            from ..powerfit import fit_power
+
+            profile = replace(profile, power=fit_power(list(read_results(energy_csv)),
+                                                       list(read_results(ops_csv)), family, idle_w,
+                                                       source=energy_csv))
     lap("fit")
     seconds["total"] = round(sum(seconds.values()), 1)
     profile = replace_provenance(profile, calibration_seconds=seconds)

@@ -27,7 +27,7 @@ from .train import TRAIN_KEY_COLUMNS
 
 ENERGY_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(
     c for c in RESULT_COLUMNS if c not in ("status", "iqr_ms", "energy_mj")) + (
-    "input_grad", "cls", "watts", "energy_mj", "window_s", "counter_steps", "status")
+    "input_grad", "cls", "watts", "energy_mj", "window_s", "counter_steps", "busy", "status")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class PowerReading:
     watts: float
     window_s: float  # wall time between the first and last counter step used
     steps: int  # counter steps seen in the window
+    # time per call of back-to-back replays over the time per call while measured: below 1, the
+    # device idled between chunks (the CPU fell behind) and the power is not the calls' own
+    busy: float = 1.0
 
     @property
     def joules_per_call(self) -> float:
@@ -48,9 +51,10 @@ class PowerMeter:
     """Average power while ``fn`` runs back to back, from an energy counter (joules).
 
     On CUDA (``cuda=True``) the calls are captured in a CUDA graph of about
-    ``replay_ms`` and replayed in chunks of about ``chunk_ms``, at most three
-    chunks queued ahead of the GPU, so the GPU never idles while the CPU polls
-    the counter; without CUDA (the CPU twin) chunks are plain calls. A counter
+    ``replay_ms`` and replayed in chunks of at least ``chunk_ms`` and of three
+    counter reads (a read takes milliseconds), at most four chunks queued ahead
+    of the GPU, so the GPU does not idle while the CPU polls the counter
+    (``busy`` checks it); without CUDA (the CPU twin) chunks are plain calls. A counter
     step's instant is taken as the midpoint between the poll that saw it and
     the one before. Runs until ``seconds`` past ``warmup_s`` with at least
     ``min_steps`` steps, or ``max_seconds``.
@@ -63,7 +67,7 @@ class PowerMeter:
         self.chunk_ms, self.replay_ms, self.min_steps = chunk_ms, replay_ms, min_steps
         self.max_seconds, self.cuda, self.clock = max_seconds, cuda, clock
 
-    def _cuda_runner(self, fn):
+    def _cuda_runner(self, fn, chunk_ms):
         import torch
 
         from .timers import CudaGraphTimer
@@ -86,7 +90,13 @@ class PowerMeter:
         if inner > 1:
             del graph
             graph = CudaGraphTimer._capture(fn, inner)
-        replays = int(max(1, self.chunk_ms // (one_ms * inner)))
+        start.record()
+        for _ in range(10):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        replay_ms = max(start.elapsed_time(end) / 10, 1e-4)
+        replays = int(max(1, -(-chunk_ms // replay_ms)))
 
         def chunk():
             for _ in range(replays):
@@ -95,30 +105,36 @@ class PowerMeter:
             event.record()
             return event, replays * inner
 
-        return chunk, torch.cuda.Event
+        return chunk, torch.cuda.Event, replay_ms / inner
 
-    def _cpu_runner(self, fn):
+    def _cpu_runner(self, fn, chunk_ms):
         fn()
         t0 = self.clock()
         fn()
-        calls = int(max(1, self.chunk_ms / max((self.clock() - t0) * 1e3, 1e-6)))
+        calls = int(max(1, chunk_ms / max((self.clock() - t0) * 1e3, 1e-6)))
 
         def chunk():
             for _ in range(calls):
                 fn()
             return None, calls
 
-        return chunk, None
+        return chunk, None, None
 
     def measure(self, fn: Optional[Callable[[], object]]) -> PowerReading:
         """Power while ``fn`` runs; ``fn=None`` measures the idle device (ms_per_call is 0)."""
+        t0 = self.clock()
+        for _ in range(5):
+            self.counter()
+        read_ms = (self.clock() - t0) * 1e3 / 5
+        chunk_ms = max(self.chunk_ms, 3 * read_ms)
+        alone_ms = None
         if fn is None:
             def chunk():
-                time.sleep(self.chunk_ms / 1e3)
+                time.sleep(chunk_ms / 1e3)
                 return None, 0
             event_cls = None
         else:
-            chunk, event_cls = (self._cuda_runner if self.cuda else self._cpu_runner)(fn)
+            chunk, event_cls, alone_ms = (self._cuda_runner if self.cuda else self._cpu_runner)(fn, chunk_ms)
         timing = event_cls is not None
         if timing:
             start, end = event_cls(enable_timing=True), event_cls(enable_timing=True)
@@ -133,7 +149,7 @@ class PowerMeter:
             calls += n
             if event is not None:
                 queued.append(event)
-                if len(queued) > 3:
+                if len(queued) > 4:
                     queued.popleft().synchronize()
             value, now = self.counter(), self.clock()
             if value != last and now - t_begin >= self.warmup_s:
@@ -152,7 +168,9 @@ class PowerMeter:
             raise RuntimeError(f"the energy counter advanced {len(steps)} time(s) in {self.max_seconds} s; "
                                "cannot measure power")
         (t0, e0), (t1, e1) = steps[0], steps[-1]
-        return PowerReading(ms_per_call=ms, watts=(e1 - e0) / (t1 - t0), window_s=t1 - t0, steps=len(steps))
+        busy = min(1.0, alone_ms / ms) if alone_ms and ms > 0 else 1.0
+        return PowerReading(ms_per_call=ms, watts=(e1 - e0) / (t1 - t0), window_s=t1 - t0, steps=len(steps),
+                            busy=busy)
 
 
 def energy_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
@@ -208,7 +226,8 @@ def measure_energy(plan: Sequence[Dict[str, str]], out_csv: str, meter: PowerMet
         reading = meter.measure(fn)
         return {"time_ms": f"{reading.ms_per_call:.6g}", "calls": "", "cls": cls,
                 "watts": f"{reading.watts:.5g}", "energy_mj": f"{reading.joules_per_call * 1e3:.6g}",
-                "window_s": f"{reading.window_s:.4g}", "counter_steps": str(reading.steps)}
+                "window_s": f"{reading.window_s:.4g}", "counter_steps": str(reading.steps),
+                "busy": f"{reading.busy:.3f}"}
 
     return run_rows(plan, out_csv, ENERGY_COLUMNS, lambda r: ",".join(r.get(c, "") for c in key_cols) in done,
                     time_row, dict(dtype=dtype), device, resume, progress)

@@ -1,0 +1,89 @@
+"""Fit a profile's training-step classes from ``PREFIX-train.csv`` (calibrate --train).
+
+A training step (forward in train mode, then backward) of a Conv2d/Linear layer
+runs a forward, a grad-input and a grad-weight product; of a memory-bound op,
+its forward and backward kernels. Each is costed in the forward's own form,
+refitted on step times:
+
+* layers: the layer family (axes) on the step times of the layer rows whose
+  input needs a gradient, per class;
+* ``no_input_grad_ratio``: the median ratio of a step whose input needs no
+  gradient (a network's first layer: no grad-input product) to the full step,
+  over the rows timed both ways;
+* ops: the op classes' forms (opcost.py) on step times, with the forward's
+  bytes and matrix geometry (joined from the op calibration rows) as the axes.
+
+The section is costed by :func:`training_view` (traincost.py), which swaps these
+parameters into a profile so that the forward's cost code costs training steps.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .tables import LayerTable, parse_layer_table
+
+LAYER_COLUMNS = ("kind", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride", "groups", "padding", "dilation",
+                 "bias", "dtype", "time_ms")
+
+
+def _ok(r: Mapping[str, str]) -> bool:
+    try:
+        return r.get("status", "ok") == "ok" and float(r.get("time_ms") or "nan") > 0
+    except ValueError:
+        return False
+
+
+def layer_rows_table(rows: Sequence[Mapping[str, str]], source: str, time_key: str = "time_ms") -> LayerTable:
+    """Layer-plan rows (dicts of strings) as a layer table, ``time_key`` as its time_ms."""
+    lines = [",".join(LAYER_COLUMNS)]
+    for r in rows:
+        lines.append(",".join(r[time_key] if c == "time_ms" else r.get(c, "") for c in LAYER_COLUMNS))
+    return parse_layer_table("\n".join(lines) + "\n", source)
+
+
+def op_key(r: Mapping[str, str]) -> tuple:
+    return (r["op"],) + tuple(r[f"d{j}"] for j in range(4))
+
+
+def join_op_rows(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, str]]) -> List[Dict[str, str]]:
+    """``rows`` (op kinds and sizes, a time) with the forward op row's class, bytes and matrix
+    geometry (the op calibration rows, opmeasure.OP_RESULT_COLUMNS); rows with no match are left out."""
+    features = {op_key(r): r for r in op_rows if r.get("status", "ok") == "ok" and r.get("cls")}
+    out = []
+    for r in rows:
+        f = features.get(op_key(r))
+        if f is not None:
+            out.append(dict(f, **{k: r[k] for k in ("time_ms",) + tuple(k for k in ("energy_mj", "watts") if k in r)}))
+    return out
+
+
+def no_input_grad_ratio(rows: Sequence[Mapping[str, str]]) -> Optional[float]:
+    """Median over configurations timed both ways of step(input needs no grad) / step(it does)."""
+    from .calibrate.plan import config_key
+
+    steps: Dict[str, Dict[str, float]] = {}
+    for r in rows:
+        if r.get("source") == "layer" and _ok(r):
+            steps.setdefault(config_key(r), {})[r.get("input_grad", "1")] = float(r["time_ms"])
+    ratios = [s["0"] / s["1"] for s in steps.values() if "0" in s and "1" in s]
+    return float(np.median(ratios)) if ratios else None
+
+
+def fit_train(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, str]], family: str,
+              l2_bytes: float, source: str = "") -> Dict[str, object]:
+    """The profile's 'train' section from training rows (calibrate/train.py) and forward op rows."""
+    from .fit import fit_profile
+    from .opfit import fit_ops
+
+    rows = [r for r in rows if _ok(r)]
+    layers = [r for r in rows if r.get("source") == "layer" and r.get("input_grad", "1") != "0"]
+    if len(layers) < 8:
+        raise ValueError(f"{source or 'training rows'}: {len(layers)} timed layer rows; at least 8 are needed")
+    fitted = fit_profile(layer_rows_table(layers, source), family=family, name="train", keep_data=False)
+    ops = fit_ops(join_op_rows([r for r in rows if r.get("source") == "op"], op_rows), l2_bytes=l2_bytes)
+    ratio = no_input_grad_ratio(rows)
+    return {"parameters": fitted.parameters, "ops": ops,
+            "no_input_grad_ratio": 1.0 if ratio is None else ratio,
+            "fit": fitted.provenance["fit"], "n_measurements": len(rows), "source": source}
