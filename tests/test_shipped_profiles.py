@@ -98,3 +98,62 @@ def test_axes_alpha_is_about_one_for_a_batch1_dense_layer():
     alpha = fam.alpha(arrays, p)
     assert alpha[0] == pytest.approx(1.0)  # the reference layer defines the time scale
     assert 0.5 < alpha[1] < 2.0  # another batch-1 dense layer of the same size is close
+
+
+@pytest.mark.parametrize("name,dtype", [("h100-fp32", "float32"), ("h100-bf16", "bfloat16")])
+def test_shipped_train_and_power_sections_are_reproduced(name, dtype):
+    """The training-step and energy sections refit from the committed CSVs, as `alpha-profiler fit
+    ... --ops calib-DTYPE-ops.csv --train calib-DTYPE-train.csv --energy calib-DTYPE-energy.csv` does."""
+    import csv
+
+    from torch_alpha_profiler.powerfit import fit_power
+    from torch_alpha_profiler.trainfit import fit_train
+
+    shipped = load_profile(name, warn_device=False)
+    assert shipped.train and shipped.power and shipped.power.get("train")
+
+    def rows(suffix):
+        with open(os.path.join(DATA, f"calib-{dtype}-{suffix}.csv"), newline="") as f:
+            return list(csv.DictReader(f))
+
+    def source(suffix):  # the path as the fit command was given it (from the repository root)
+        return f"benchmarks/data/calib-{dtype}-{suffix}.csv"
+
+    ops = rows("ops")
+    train = fit_train(rows("train"), ops, "axes", l2_bytes=shipped.provenance["l2_cache_bytes"],
+                      source=source("train"))
+    assert train["source"] == shipped.train["source"]
+    _assert_close(train, dict(shipped.train))
+    idle_w = shipped.provenance.get("idle_power_w")
+    assert idle_w is not None and shipped.power["idle_w"] == idle_w
+    power = fit_power(rows("energy"), ops, "axes", idle_w, source=source("energy"))
+    assert power["source"] == shipped.power["source"]
+    _assert_close(power, dict(shipped.power))
+    # joules per FLOP and per byte are far below _assert_close's absolute tolerance: compare them
+    # relative to the phase's largest one
+    for phase in ("forward", "train"):
+        got, want = power[phase], shipped.power[phase]
+        scale = max(want["j_per_flop"].values())
+        for cls, value in want["j_per_flop"].items():
+            assert got["j_per_flop"][cls] == pytest.approx(value, rel=1e-6, abs=1e-6 * scale), (phase, cls)
+        assert got["j_per_byte"] == pytest.approx(want["j_per_byte"], rel=1e-6, abs=0), phase
+
+
+@pytest.mark.parametrize("name", ["h100-fp32", "h100-bf16"])
+def test_shipped_train_and_power_sections_are_sane(name):
+    shipped = load_profile(name, warn_device=False)
+    assert 0.3 < shipped.train["no_input_grad_ratio"] < 1  # a step without grad-input saves a product
+    forward, step = shipped.power["forward"], shipped.power["train"]
+    assert 0 < shipped.power["idle_w"] < forward["static_w"] < 700  # H100 SXM: 700 W board limit
+    assert forward["static_w"] < step["static_w"] < 700
+    # every FLOP class a network uses has a forward energy per FLOP (below 1 nJ a FLOP)
+    assert set(forward["j_per_flop"]) == {"linear", "conv1x1", "convkxk", "grouped", "depthwise", "matmul",
+                                          "attention"}
+    assert all(0 <= v < 1e-9 for v in forward["j_per_flop"].values())
+    # a forward costs more energy than its static power over its time, a training step more than the forward
+    from torch_alpha_profiler.cli import _profile_model
+
+    p = _profile_model("resnet18", 8, (224, 224), shipped, "meta")
+    assert p.energy_j > forward["static_w"] * p.predicted_ms / 1e3
+    q = _profile_model("resnet18", 8, (224, 224), shipped, "meta", train=True)
+    assert q.train_step_ms > q.predicted_ms and q.train_energy_j > q.energy_j

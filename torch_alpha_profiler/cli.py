@@ -114,11 +114,15 @@ class _Bar:
 
 # ------------------------------------------------------------- subcommands
 def _check_mode(args, profile) -> None:
-    if args.mode == "eager" and args.scope == "layers":
-        raise CliError("--mode eager predicts the whole forward's launches: it needs --scope model (or auto)")
+    if args.mode in ("eager", "train") and args.scope == "layers":
+        raise CliError(f"--mode {args.mode} predicts every operation of the forward (and its backward): "
+                       "it needs --scope model (or auto)")
     if args.mode == "eager" and profile.host is None:
         raise CliError(f"--mode eager needs a profile with host (CPU launch) costs; {profile.name!r} has "
                        "none (the h100-* profiles do; 'alpha-profiler calibrate' measures them)")
+    if args.mode == "train" and not profile.train:
+        raise CliError(f"--mode train needs a profile with training-step classes; {profile.name!r} has none "
+                       "(the h100-* profiles do; 'alpha-profiler calibrate --train' measures them)")
 
 
 def _time_line(p, mode: str, grid: Optional[float] = None) -> str:
@@ -134,6 +138,11 @@ def _time_line(p, mode: str, grid: Optional[float] = None) -> str:
     if joules is not None:
         text += (f"\npredicted GPU energy per forward: {joules * 1e3:.2f} mJ "
                  f"({p.co2e_g(grid) * 1e3:.4f} mg CO2e at {grid or 480:g} g/kWh)")
+    if mode == "train":
+        text += (f"\npredicted training step (forward + backward, no optimizer step; GPU time): "
+                 f"{p.train_step_ms:.3f} ms")
+        if p.train_energy_j is not None:
+            text += f", {p.train_energy_j * 1e3:.2f} mJ"
     return text
 
 
@@ -143,7 +152,7 @@ def cmd_profile(args) -> int:
     profile = load_profile(args.profile)
     _check_mode(args, profile)
     p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device,
-                       args.scope)
+                       args.scope, train=args.mode == "train")
     if args.format == "json":
         _emit(p.to_json(args.grid_intensity), args.out)
     elif args.format == "csv":
@@ -181,14 +190,17 @@ def cmd_compare(args) -> int:
     rows, scope = [], args.scope
     for name in args.models:
         for batch in args.batch:
-            p = _profile_model(name, batch, _input_size(args, name), profile, args.device, args.scope)
+            train = args.mode == "train"
+            p = _profile_model(name, batch, _input_size(args, name), profile, args.device, args.scope, train)
             scope = p.scope  # "auto" resolved by the profile
             eager = p.eager_ms
+            step_ms, step_j = (p.train_step_ms, p.train_energy_j) if train else (None, None)
+            predicted = {"gpu": p.predicted_ms, "eager": eager, "train": step_ms}[args.mode]
             rows.append({"model": name, "batch": batch, "flops": p.total_flops,
-                         "alpha_flops": p.total_alpha_flops,
-                         "predicted_ms": eager if args.mode == "eager" else p.predicted_ms,
+                         "alpha_flops": p.total_alpha_flops, "predicted_ms": predicted,
                          "gpu_ms": p.predicted_ms, "eager_ms": eager, "layers_ms": p.layers_ms,
                          "ops_ms": p.ops_ms, "energy_j": p.energy_j, "co2e_g": p.co2e_g(args.grid_intensity),
+                         "train_step_ms": step_ms, "train_energy_j": step_j,
                          "layers": len(p.records), "ops": len(p.ops),
                          "not_costed": sum(_calls(n) for n in p.not_costed())})
     for batch in args.batch:
@@ -216,17 +228,20 @@ def cmd_compare(args) -> int:
     else:
         from tabulate import tabulate
 
-        energy = all(r["energy_j"] is not None for r in rows)
+        joules = "train_energy_j" if args.mode == "train" else "energy_j"
+        energy = all(r[joules] is not None for r in rows)
         body = [[r["model"], r["batch"], r["flops"] / 1e9, r["alpha_flops"] / 1e9, r["predicted_ms"]]
-                + ([r["energy_j"] * 1e3] if energy else []) + [r["rank_flops"], r["rank_time"], r["not_costed"]]
+                + ([r[joules] * 1e3] if energy else []) + [r["rank_flops"], r["rank_time"], r["not_costed"]]
                 for r in rows]
+        step = "train step " if args.mode == "train" else ""
         text = tabulate(body, headers=["model", "batch", "GFLOPs (2xMAC)", "alpha-GFLOPs",
-                                       f"predicted {args.mode} ms"] + (["GPU energy mJ"] if energy else [])
+                                       f"predicted {args.mode} ms"] + ([f"GPU {step}energy mJ"] if energy else [])
                         + ["rank by FLOPs", "rank by time", "calls not costed"],
                         floatfmt=("", "", ".3f", ".3f", ".3f") + ((".1f",) if energy else ()) + ("", "", ""))
         what = ("every operation" if scope == "model" else "Conv2d and Linear layers only")
-        when = ("GPU time, kernels back to back as in a CUDA graph" if args.mode == "gpu"
-                else "eager PyTorch, CPU launches included")
+        when = {"gpu": "GPU time, kernels back to back as in a CUDA graph",
+                "eager": "eager PyTorch, CPU launches included",
+                "train": "training step: forward (train mode) + backward, GPU time, no optimizer step"}[args.mode]
         _emit(f"profile {profile.name} ({profile.device_name}); {what}; {when}\n" + text, args.out)
     return 0
 
@@ -365,6 +380,66 @@ def cmd_predict(args) -> int:
     return 0
 
 
+ESTIMATE_ASSUMPTIONS = (
+    "GPU time only: kernels back to back, as in a CUDA graph; data loading, host (CPU) overheads, "
+    "evaluation passes and idle time are not included",
+    "training: forward (train mode) + backward per step; the optimizer step and gradient "
+    "communication are not modelled",
+    "energy: the GPU board's only (no CPU, host memory, cooling or data-centre overhead, PUE 1.0)",
+    "every batch is full: steps = ceil(samples / batch) per epoch",
+)
+
+
+def cmd_estimate(args) -> int:
+    """Predicted wall time, kWh and kg CO2e of a training run (or of serving N samples)."""
+    import math
+
+    from .energy import DEFAULT_GRID_G_PER_KWH
+    from .profile import load_profile
+
+    profile = load_profile(args.profile)
+    train = args.mode == "train"
+    if train and not profile.train:
+        raise CliError(f"estimating a training run needs a profile with training-step classes; "
+                       f"{profile.name!r} has none (the h100-* profiles do), or pass --mode infer")
+    if profile.ops is None:
+        raise CliError(f"profile {profile.name!r} cannot cost the whole model (no op classes); "
+                       "use an h100-* profile or one made by 'alpha-profiler calibrate'")
+    if train and args.epochs is None:
+        args.epochs = 1
+    p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device,
+                       "model", train)
+    step_ms, step_j = (p.train_step_ms, p.train_energy_j) if train else (p.predicted_ms, p.energy_j)
+    epochs = args.epochs if train else 1
+    steps = math.ceil(args.samples / args.batch) * epochs
+    grid = DEFAULT_GRID_G_PER_KWH if args.grid_intensity is None else args.grid_intensity
+    kwh = None if step_j is None else step_j * steps / 3.6e6
+    result = {"model": args.model, "profile": profile.name, "device_name": profile.device_name,
+              "dtype": profile.dtype, "mode": args.mode, "batch": args.batch, "samples": args.samples,
+              "epochs": epochs, "steps": steps, "step_ms": step_ms, "step_energy_j": step_j,
+              "hours": step_ms * steps / 3.6e6, "kwh": kwh, "grid_g_per_kwh": grid,
+              "kg_co2e": None if kwh is None else kwh * grid / 1e3,
+              "not_costed": sum(_calls(n) for n in p.not_costed()),
+              "assumptions": [a for a in ESTIMATE_ASSUMPTIONS if train or not a.startswith("training")]}
+    if args.format == "json":
+        _emit(json.dumps(result, indent=1), args.out)
+        return 0
+    what = (f"training {args.model} for {epochs} epoch(s) of {args.samples:,} samples at batch {args.batch}"
+            if train else f"serving {args.samples:,} samples with {args.model} at batch {args.batch}")
+    lines = [f"{what} on {profile.device_name} ({profile.dtype}, profile {profile.name}):",
+             f"  steps            {steps:,} x {step_ms:.3f} ms = {result['hours']:.3f} h of GPU time"]
+    if kwh is None:
+        lines.append(f"  energy           unavailable: profile {profile.name!r} has no power data")
+    else:
+        lines += [f"  energy           {steps:,} x {step_j:.4f} J = {kwh:.3f} kWh",
+                  f"  emissions        {result['kg_co2e']:.3f} kg CO2e at {grid:g} g CO2e/kWh"]
+    if result["not_costed"]:
+        lines.append(f"  not costed       {result['not_costed']} call(s) per step (see 'alpha-profiler profile')")
+    lines += ["assumptions:"] + [f"  - {a}" for a in result["assumptions"]]
+    _emit("\n".join(lines), args.out)
+    return 0
+
+
 def cmd_profiles(args) -> int:
     from tabulate import tabulate
 
@@ -439,10 +514,11 @@ def create_parser() -> argparse.ArgumentParser:
         p.add_argument("--grid-intensity", type=float, metavar="G",
                        help="g CO2e per kWh of the electricity (default 480: world average 2023, Ember "
                             "Global Electricity Review 2024), for co2e_g")
-        p.add_argument("--mode", default="gpu", choices=("gpu", "eager"),
+        p.add_argument("--mode", default="gpu", choices=("gpu", "eager", "train"),
                        help="the time to predict: gpu (default) = kernels back to back, as in a CUDA "
                             "graph; eager = plain PyTorch, CPU launches included (needs a profile "
-                            "with host costs)")
+                            "with host costs); train = one training step, forward in train mode + "
+                            "backward, GPU time (needs a profile with training classes)")
 
     p = sub.add_parser("profile", help="per-layer alpha-FLOPs table of one model")
     p.add_argument("model", help="torchvision model name or module:callable")
@@ -459,6 +535,25 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="PNG", help="also save a FLOPs vs predicted-time scatter (needs matplotlib)")
     model_options(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("estimate", help="predicted time, kWh and kg CO2e of a training run or of serving")
+    p.add_argument("model", help="torchvision model name or module:callable")
+    p.add_argument("--profile", default="auto", help="built-in profile name or JSON path (default: the "
+                   "current GPU's)")
+    p.add_argument("--batch", type=_positive, required=True)
+    p.add_argument("--samples", type=_positive, required=True, help="samples per epoch (or to serve)")
+    p.add_argument("--epochs", type=_positive, help="training epochs (default 1)")
+    p.add_argument("--mode", default="train", choices=("train", "infer"),
+                   help="train (default): forward + backward per step; infer: forward only (GPU time)")
+    p.add_argument("--grid-intensity", type=float, metavar="G",
+                   help="g CO2e per kWh (default 480: world average 2023, Ember Global Electricity Review 2024)")
+    p.add_argument("--input-size", type=_positive, nargs="+", metavar="PX",
+                   help="input height [width] (default: the model's own, e.g. 224)")
+    p.add_argument("--device", default="auto", choices=("auto", "hybrid", "meta", "cpu"),
+                   help="how to run the shape-only forward (see 'profile --help')")
+    p.add_argument("--format", default="text", choices=("text", "json"))
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("fit", help="fit a profile to a measured layer table")
     p.add_argument("table", help="layer-table CSV with a time_ms column")

@@ -13,8 +13,9 @@ matrix class (Linear, 1x1, KxK, grouped, depthwise convolutions, batched matmul,
 attention: tensor-core TF32/bf16 work costs less than fp32 CUDA-core work);
 ``j_per_byte``: the energy of moving one byte of the layer's inputs, outputs and
 weights (the op's bytes read and written). Fitted by non-negative least squares
-on the relative error of each row's energy; the form was chosen by 5-fold
-cross-validation on the calibration rows (docs/forms-energy.md). A training
+on the relative error of each row's energy, rows weighted by a power of their
+energy chosen by 5-fold cross-validation of the energy-weighted error (a network's
+energy is a sum of many calls; see fit_energy and docs/model.md). A training
 step's coefficients are over the forward's FLOPs and bytes (its own time).
 
 CO2e = energy in kWh x the grid's carbon intensity (g CO2e per kWh).
@@ -33,6 +34,8 @@ GRID_SOURCE = "Ember, Global Electricity Review 2024: world average 2023, 480 g 
 # classes with an energy per FLOP: the layer family's classes and the batched matrix products
 FLOP_CLASSES = ("linear", "conv1x1", "convkxk", "grouped", "depthwise", "matmul", "attention")
 PHASES = ("forward", "train")
+# candidate weightings of the rows in the fit (row energy to this power), chosen by cross-validation
+WEIGHT_EXPONENTS = (0.0, 0.5, 1.0)
 
 
 def nvml_energy_counter(device_index: int = 0) -> Optional[Callable[[], float]]:
@@ -63,22 +66,43 @@ def co2e_g(joules: float, grid_g_per_kwh: float = DEFAULT_GRID_G_PER_KWH) -> flo
     return joules / 3.6e6 * grid_g_per_kwh
 
 
-def fit_energy(classes: Sequence[str], ms, flops, nbytes, joules) -> Dict[str, object]:
-    """One phase's coefficients, by non-negative least squares on each row's relative error;
-    a FLOP class with no row gets no coefficient (its FLOPs then cost only time and bytes)."""
+def _nnls_relative(a: np.ndarray, joules: np.ndarray, weight_exp: float) -> np.ndarray:
+    """Non-negative coefficients minimizing sum (joules^w x (a @ x / joules - 1))^2."""
     from scipy.optimize import lsq_linear
 
+    w = joules ** weight_exp
+    m = a / joules[:, None] * w[:, None]
+    scale = np.abs(m).max(axis=0)
+    scale[scale == 0] = 1.0
+    return lsq_linear(m / scale, w, bounds=(0.0, np.inf)).x / scale
+
+
+def fit_energy(classes: Sequence[str], ms, flops, nbytes, joules, weight_exps=WEIGHT_EXPONENTS,
+               folds: int = 5, seed: int = 0) -> Dict[str, object]:
+    """One phase's coefficients, by non-negative least squares on each row's relative error,
+    rows weighted by their energy to the power w; w is chosen among ``weight_exps`` by
+    ``folds``-fold cross-validation of the energy-weighted error (sum |error| / sum energy: the
+    error of a sum of many calls, as a network's energy is). A FLOP class with no row gets no
+    coefficient (its FLOPs then cost only time and bytes)."""
     from .fit import residual_stats
 
     classes = list(classes)
     ms, flops, nbytes, joules = (np.asarray(v, dtype=np.float64) for v in (ms, flops, nbytes, joules))
-    present = [c for c in FLOP_CLASSES if any(k == c and f > 0 for k, f in zip(classes, flops))]
-    columns = [ms / 1e3] + [np.where(np.array(classes) == c, flops, 0.0) for c in present] + [nbytes]
-    a = np.stack(columns, axis=1) / joules[:, None]
-    scale = np.abs(a).max(axis=0)
-    scale[scale == 0] = 1.0
-    x = lsq_linear(a / scale, np.ones(len(joules)), bounds=(0.0, np.inf)).x / scale
+    names = np.array(classes)
+    present = [c for c in FLOP_CLASSES if np.any((names == c) & (flops > 0))]
+    a = np.stack([ms / 1e3] + [np.where(names == c, flops, 0.0) for c in present] + [nbytes], axis=1)
+    fold = np.random.default_rng(seed).permutation(len(joules)) % folds
+    cv = {}
+    for w in weight_exps:
+        pred = np.empty(len(joules))
+        for k in range(folds):
+            train = fold != k
+            pred[~train] = a[~train] @ _nnls_relative(a[train], joules[train], w)
+        cv[w] = float(np.sum(np.abs(pred - joules)) / np.sum(joules) * 100)
+    best = min(cv, key=cv.get)
+    x = _nnls_relative(a, joules, best)
     coeffs = {"static_w": float(x[0]), "j_per_flop": {c: float(v) for c, v in zip(present, x[1:-1])},
               "j_per_byte": float(x[-1])}
-    coeffs["fit"] = residual_stats(energy_j(coeffs, classes, ms, flops, nbytes), joules)
+    coeffs["fit"] = dict(residual_stats(energy_j(coeffs, classes, ms, flops, nbytes), joules),
+                         weight_exponent=best, cv_weighted_ape_pct={str(k): v for k, v in cv.items()})
     return coeffs

@@ -126,8 +126,7 @@ def measure_plan(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cu
 
 def timing_fields(m) -> Dict[str, str]:
     """A Measurement as result-row cells."""
-    return {"time_ms": f"{m.median_ms:.6g}", "iqr_ms": f"{m.iqr_ms:.3g}", "calls": str(m.calls_per_block),
-            "energy_mj": "" if m.energy_j_per_call is None else f"{m.energy_j_per_call * 1e3:.6g}"}
+    return {"time_ms": f"{m.median_ms:.6g}", "iqr_ms": f"{m.iqr_ms:.3g}", "calls": str(m.calls_per_block)}
 
 
 def run_rows(plan: Sequence[Dict[str, str]], out_csv: str, columns: Sequence[str],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,6 @@ class Measurement:
 
     samples_ms: Tuple[float, ...]
     calls_per_block: int
-    # energy read around the timed blocks (None without an energy counter): joules per call
-    energy_j_per_call: Optional[float] = None
 
     @property
     def median_ms(self) -> float:
@@ -69,15 +67,10 @@ class CudaGraphTimer:
     """
 
     def __init__(self, warmup: int = 3, blocks: int = 5, target_block_ms: float = 2.0,
-                 target_replay_ms: float = 0.25, max_inner: int = 64, min_replays: int = 3,
-                 energy: Optional[Callable[[], float]] = None):
+                 target_replay_ms: float = 0.25, max_inner: int = 64, min_replays: int = 3):
         self.warmup, self.blocks = warmup, blocks
         self.target_block_ms, self.target_replay_ms = target_block_ms, target_replay_ms
         self.max_inner, self.min_replays = max_inner, min_replays
-        # a counter of the GPU's energy in joules (energy.nvml_energy_counter()), read around
-        # each timed block; blocks are shorter than its update period, so one row's energy is
-        # noisy, and what is fitted is its average over many rows (see energy.py)
-        self.energy = energy
 
     def prepare(self, seconds: float = 1.0) -> None:
         """Keep the GPU busy for ``seconds`` so that clocks have ramped up before timing."""
@@ -125,17 +118,12 @@ class CudaGraphTimer:
         torch.cuda.synchronize()
         replays = int(max(self.min_replays, min(500, self.target_block_ms // (one_ms * inner))))
         samples = []
-        joules = 0.0
         for _ in range(self.blocks):
-            e0 = self.energy() if self.energy is not None else 0.0
             start.record()
             for _ in range(replays):
                 graph.replay()
             end.record()
             end.synchronize()
-            if self.energy is not None:
-                joules += self.energy() - e0
             samples.append(start.elapsed_time(end) / (replays * inner))
         del graph
-        per_call = joules / (self.blocks * replays * inner) if self.energy is not None else None
-        return Measurement(tuple(samples), replays * inner, per_call)
+        return Measurement(tuple(samples), replays * inner)
