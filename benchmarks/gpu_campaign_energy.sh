@@ -6,7 +6,8 @@
 #     bash benchmarks/gpu_campaign_energy.sh DTYPE OUTDIR [STAGES]
 # STAGES: any of "calibrate models energy" (default: all three). With RESUME_FROM=DIR, the
 # calibration starts from DIR's calib-DTYPE{,-ops,-nhwc,-train}.csv and measures only what they
-# lack (calibrate resumes; here: the energy stage), re-timing the host costs. Results are measured into a work
+# lack (calibrate resumes), re-timing the host costs; RESUME_SUFFIXES (default "base -ops -nhwc -train",
+# base = calib-DTYPE.csv) says which of those files to start from. Results are measured into a work
 # folder, and OUTDIR/run-energy-DTYPE.tar.gz is rewritten after every stage (a run cut short keeps
 # the stages it finished; the device tool brings back at most 8 files).
 set -uo pipefail
@@ -24,7 +25,10 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,power.limit,tempe
 lscpu | grep -E "Model name|^CPU\(s\)" || true
 if [[ " $stages " == *" calibrate "* ]]; then
     if [[ -n "${RESUME_FROM:-}" ]]; then
-        for s in "" -ops -nhwc -train; do cp "$RESUME_FROM/calib-$dtype$s.csv" "$work/"; done
+        for s in ${RESUME_SUFFIXES:-base -ops -nhwc -train}; do
+            [[ $s == base ]] && s=""
+            cp "$RESUME_FROM/calib-$dtype$s.csv" "$work/"
+        done
     fi
     t0=$(date +%s)
     python3 -m torch_alpha_profiler calibrate --device cuda --dtype "$dtype" --out "$work/calib-$dtype" \

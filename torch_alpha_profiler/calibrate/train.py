@@ -5,8 +5,9 @@ convolution, a grad-input and a grad-weight convolution; for Linear, two matrix
 products; for a memory-bound operation, its own backward kernel. Each plan row
 (an eighth of the Conv2d/Linear plan, a third of those again with an input that needs no
 gradient, half of the op plan's trainable kinds)
-is timed with the same timer as the forward, the input and parameters
-requiring grad and a fixed output gradient; rows go to ``PREFIX-train.csv``
+is timed with the same timer as the forward, with a fixed output gradient; the
+input's gradient is computed but not accumulated (it is an activation in a network),
+the parameters' gradients accumulate into ``.grad`` (as in a network's step); rows go to ``PREFIX-train.csv``
 with the forward's row key, so ``train_ms / time_ms`` of the same configuration
 is its step-over-forward ratio. trainfit.py fits the training cost classes on them.
 """
@@ -41,13 +42,34 @@ def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str,
     return rows
 
 
+def _activation(x):
+    """``x`` as an activation inside a network: it requires grad and its gradient is computed,
+    but, as the input of a layer that another layer produced, nothing accumulates into a ``.grad``
+    (a leaf input would add an elementwise accumulation kernel that networks do not run)."""
+    import torch
+
+    class Sink(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.view_as(t)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    return Sink.apply(x.requires_grad_(True))
+
+
 def layer_step(r, device, dtype, seed):
-    """A zero-argument training step (forward + backward) of the layer of plan row ``r``."""
+    """A zero-argument training step (forward + backward) of the layer of plan row ``r``: the
+    input's gradient is computed (unless ``input_grad`` is 0) but not accumulated; the weights'
+    gradients accumulate into ``.grad``, as in a network's training step."""
     import torch
 
     layer, x = build_layer(r, device, dtype, seed=seed)
     layer.train()
-    x.requires_grad_(r.get("input_grad", "1") != "0")
+    if r.get("input_grad", "1") != "0":
+        x = _activation(x)
     grad = torch.randn_like(layer(x))
 
     def step():
@@ -65,8 +87,11 @@ def op_step(r, device, dtype):
     cls, fn = _functions(training=True)[r["op"]]
     inputs, trainable = make_inputs(r["op"], tuple(int(r[f"d{j}"]) for j in range(4)), device,
                                     getattr(torch, dtype))
-    for t, grad in zip(inputs, trainable):
-        t.requires_grad_(grad)
+    # a normalization's weight and bias are parameters (their gradients accumulate); every other
+    # trainable input is an activation (its gradient flows on, see _activation)
+    params = {"batch_norm": (3, 4), "layer_norm": (1, 2)}.get(r["op"], ())
+    inputs = tuple((t.requires_grad_(True) if i in params else _activation(t)) if grad else t
+                   for i, (t, grad) in enumerate(zip(inputs, trainable)))
     grad = torch.randn_like(fn(*inputs))
 
     def step():
