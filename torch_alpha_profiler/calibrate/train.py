@@ -42,40 +42,35 @@ def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str,
     return rows
 
 
-def _activation(x):
-    """``x`` as an activation inside a network: it requires grad and its gradient is computed,
-    but, as the input of a layer that another layer produced, nothing accumulates into a ``.grad``
-    (a leaf input would add an elementwise accumulation kernel that networks do not run)."""
+def _step(fn, activations, params, grad):
+    """A training step of ``fn()``: the gradients of ``activations`` are computed but not
+    accumulated (in a network they flow on to the layer that produced them; a leaf's ``.grad``
+    would add an elementwise kernel networks do not run), the parameters' accumulate into
+    ``.grad``, as AccumulateGrad does in a network's step."""
     import torch
 
-    class Sink(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, t):
-            return t.view_as(t)
+    wrt = list(activations) + list(params)
+    for p in params:
+        p.grad = torch.zeros_like(p)
 
-        @staticmethod
-        def backward(ctx, grad):
-            return None
+    def step():
+        grads = torch.autograd.grad(fn(), wrt, grad)
+        for p, g in zip(params, grads[len(activations):]):
+            p.grad.add_(g)
 
-    return Sink.apply(x.requires_grad_(True))
+    return step
 
 
 def layer_step(r, device, dtype, seed):
     """A zero-argument training step (forward + backward) of the layer of plan row ``r``: the
-    input's gradient is computed (unless ``input_grad`` is 0) but not accumulated; the weights'
-    gradients accumulate into ``.grad``, as in a network's training step."""
+    input's gradient is computed unless ``input_grad`` is 0 (see _step)."""
     import torch
 
     layer, x = build_layer(r, device, dtype, seed=seed)
     layer.train()
-    if r.get("input_grad", "1") != "0":
-        x = _activation(x)
+    activations = [x.requires_grad_(True)] if r.get("input_grad", "1") != "0" else []
     grad = torch.randn_like(layer(x))
-
-    def step():
-        torch.autograd.backward(layer(x), grad)
-
-    return step
+    return _step(lambda: layer(x), activations, [p for p in layer.parameters() if p.requires_grad], grad)
 
 
 def op_step(r, device, dtype):
@@ -88,16 +83,14 @@ def op_step(r, device, dtype):
     inputs, trainable = make_inputs(r["op"], tuple(int(r[f"d{j}"]) for j in range(4)), device,
                                     getattr(torch, dtype))
     # a normalization's weight and bias are parameters (their gradients accumulate); every other
-    # trainable input is an activation (its gradient flows on, see _activation)
+    # trainable input is an activation (see _step)
     params = {"batch_norm": (3, 4), "layer_norm": (1, 2)}.get(r["op"], ())
-    inputs = tuple((t.requires_grad_(True) if i in params else _activation(t)) if grad else t
-                   for i, (t, grad) in enumerate(zip(inputs, trainable)))
+    for t, trains in zip(inputs, trainable):
+        t.requires_grad_(trains)
     grad = torch.randn_like(fn(*inputs))
-
-    def step():
-        torch.autograd.backward(fn(*inputs), grad)
-
-    return cls, step
+    return cls, _step(lambda: fn(*inputs), [t for i, (t, g) in enumerate(zip(inputs, trainable))
+                                             if g and i not in params],
+                      [inputs[i] for i in params], grad)
 
 
 def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "cuda", dtype: str = "float32",
