@@ -466,10 +466,13 @@ def cmd_calibrate(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CliError("--device cuda, but no CUDA device is available")
     t0 = time.monotonic()
-    profile = calibrate(args.out, device=args.device, dtype=args.dtype, family=args.family,
-                        scale=args.scale, seed=args.seed, resume=not args.restart, overwrite=args.force,
-                        name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"),
-                        ops=not args.no_ops, energy=args.energy, train=args.train)
+    try:
+        profile = calibrate(args.out, device=args.device, dtype=args.dtype, family=args.family,
+                            scale=args.scale, seed=args.seed, resume=not args.restart, overwrite=args.force,
+                            name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"),
+                            ops=not args.no_ops, energy=args.energy, train=args.train)
+    except (RuntimeError, ValueError) as e:  # e.g. no energy counter, too few rows to fit
+        raise CliError(f"{e} (raw measurements so far are kept in {args.out}*.csv; the run resumes)") from None
     fit = profile.provenance["fit"]
     sys.stderr.write(f"measured {profile.provenance['n_measurements']} layers and fitted {args.family} in "
                      f"{time.monotonic() - t0:.0f} s: MAPE {fit['mape_pct']:.1f}%, Spearman "

@@ -270,6 +270,11 @@ def _check_train(family, train, where: str) -> None:
         raise ProfileError(f"{where}: field 'train.no_input_grad_ratio' is {ratio!r}; expected (0, 1]")
     if train.get("ops") is not None:
         _check_ops(train["ops"], f"{where}: train")
+    nhwc = train.get("channels_last")
+    if nhwc is not None:
+        if not isinstance(nhwc, Mapping) or not isinstance(nhwc.get("parameters"), Mapping):
+            raise ProfileError(f"{where}: field 'train.channels_last' must be an object with 'parameters'")
+        _check_parameters(family, nhwc["parameters"], f"{where}: train.channels_last.parameters")
 
 
 def _check_host(host, where: str) -> None:

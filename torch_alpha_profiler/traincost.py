@@ -5,7 +5,8 @@ in place of the forward's, and the training-step power coefficients in place of
 the forward's: the forward's cost code (cost.py, opcost.py) then costs each
 recorded call's whole training step. A layer whose input needs no gradient (the
 network's first layer: no grad-input product) costs ``no_input_grad_ratio``
-of a full step. Channels-last convolutions use the NCHW training parameters.
+of a full step. Channels-last convolutions use the training section's own channels-last
+parameters where it has them (calibrations before they were timed: the NCHW ones).
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def training_view(profile):
     if not train:
         return None
     power = (profile.power or {}).get("train")
-    return replace(profile, parameters=train["parameters"], ops=train.get("ops"), channels_last=None,
-                   power={"forward": power} if power else None)
+    return replace(profile, parameters=train["parameters"], ops=train.get("ops"),
+                   channels_last=train.get("channels_last"), power={"forward": power} if power else None)
 
 
 def needs_input_grad(records: Sequence[LayerRecord]) -> List[bool]:

@@ -7,6 +7,8 @@ refitted on step times:
 
 * layers: the layer family (axes) on the step times of the layer rows whose
   input needs a gradient, per class;
+* ``channels_last``: as the profile's own, the family's speed, floor, bandwidth and wave
+  parameters refitted on channels-last (NHWC) convolutions' step times;
 * ``no_input_grad_ratio``: the median ratio of a step whose input needs no
   gradient (a network's first layer: no grad-input product) to the full step,
   over the rows timed both ways;
@@ -25,7 +27,7 @@ import numpy as np
 from .tables import LayerTable, parse_layer_table
 
 LAYER_COLUMNS = ("kind", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride", "groups", "padding", "dilation",
-                 "bias", "dtype", "time_ms")
+                 "bias", "dtype", "layout", "time_ms")
 
 
 def _ok(r: Mapping[str, str]) -> bool:
@@ -78,12 +80,23 @@ def fit_train(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, 
     from .opfit import fit_ops
 
     rows = [r for r in rows if _ok(r)]
-    layers = [r for r in rows if r.get("source") == "layer" and r.get("input_grad", "1") != "0"]
+    layers = [r for r in rows if r.get("source") == "layer" and r.get("input_grad", "1") != "0"
+              and not _nhwc(r)]
     if len(layers) < 8:
         raise ValueError(f"{source or 'training rows'}: {len(layers)} timed layer rows; at least 8 are needed")
     fitted = fit_profile(layer_rows_table(layers, source), family=family, name="train", keep_data=False)
     ops = fit_ops(join_op_rows([r for r in rows if r.get("source") == "op"], op_rows), l2_bytes=l2_bytes)
     ratio = no_input_grad_ratio(rows)
-    return {"parameters": fitted.parameters, "ops": ops,
-            "no_input_grad_ratio": 1.0 if ratio is None else ratio,
-            "fit": fitted.provenance["fit"], "n_measurements": len(rows), "source": source}
+    section = {"parameters": fitted.parameters, "ops": ops,
+               "no_input_grad_ratio": 1.0 if ratio is None else ratio,
+               "fit": fitted.provenance["fit"], "n_measurements": len(rows), "source": source}
+    nhwc = [r for r in rows if r.get("source") == "layer" and _nhwc(r) and r.get("input_grad", "1") != "0"]
+    if len(nhwc) >= 8:
+        from .fit import fit_channels_last
+
+        section["channels_last"] = fit_channels_last(layer_rows_table(nhwc, source), family, fitted.parameters)
+    return section
+
+
+def _nhwc(r: Mapping[str, str]) -> bool:
+    return r.get("layout", "") in ("nhwc", "channels_last")

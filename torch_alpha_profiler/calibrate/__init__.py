@@ -98,7 +98,8 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     if train:
         from .train import measure_train, train_plan
 
-        train_rows = train_plan(plan, _op_plan(scale, seed))
+        every = {} if scale > 0 else {"layer_every": 1, "nhwc_every": 1}  # a smoke test: every row
+        train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan), **every)
         measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,
                       progress=progress)
         lap("train")

@@ -24,21 +24,24 @@ TRAIN_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(c for c in RESU
     "input_grad", "cls", "status")
 # a row's identity in the training and energy CSVs (resume)
 TRAIN_KEY_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3", "kind", "N", "Cin", "Cout", "H", "W", "K1", "K2",
-                     "stride", "groups", "padding", "dilation", "bias", "input_grad")
+                     "stride", "groups", "padding", "dilation", "bias", "layout", "input_grad")
 # op kinds timed for training: in-place kinds (relu_, silu_, hardswish_) cannot take a leaf
 # that requires grad, and their out-of-place twins' elementwise class stands for them
 TRAIN_OP_KINDS = tuple(k for k in KINDS if not k.endswith("_"))
 
 
 def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
-               layer_every: int = 8, op_every: int = 2, no_input_grad_every: int = 3) -> List[Dict[str, str]]:
+               layer_every: int = 8, op_every: int = 2, no_input_grad_every: int = 3,
+               nhwc_plan: Sequence[Dict[str, str]] = (), nhwc_every: int = 3) -> List[Dict[str, str]]:
     """Every ``layer_every``-th layer row and every ``op_every``-th op row of a trainable kind;
     every ``no_input_grad_every``-th of those layer rows again with an input that needs no
-    gradient (``input_grad`` 0: a network's first layer, which computes no grad-input)."""
+    gradient (``input_grad`` 0: a network's first layer, which computes no grad-input); and
+    every ``nhwc_every``-th row of ``nhwc_plan`` (channels-last convolutions, plan.channels_last_plan)."""
     layers = [dict(r, source="layer", input_grad="1") for r in layer_plan[::layer_every]]
     rows = layers + [dict(r, input_grad="0") for r in layers[::no_input_grad_every]]
     ops = [r for r in op_plan if r["op"] in TRAIN_OP_KINDS]
     rows += [dict(r, source="op", kind="", input_grad="1") for r in ops[::op_every]]
+    rows += [dict(r, source="layer", input_grad="1") for r in nhwc_plan[::nhwc_every]]
     return rows
 
 
