@@ -46,7 +46,8 @@ def test_training_view_swaps_parameters_ops_and_power(shipped):
     assert view.parameters == shipped.train["parameters"] and view.parameters != shipped.parameters
     assert view.ops == shipped.train["ops"] and view.ops != shipped.ops
     assert view.power == {"forward": shipped.power["train"]}
-    assert view.channels_last is None  # channels-last convolutions take the NCHW training parameters
+    # channels-last convolutions take the training section's own channels-last parameters
+    assert view.channels_last == shipped.train["channels_last"] != shipped.channels_last
     assert view.family == shipped.family and view.host == shipped.host
     # the original is untouched
     assert shipped.power["forward"]["static_w"] != shipped.power["train"]["static_w"]
@@ -175,8 +176,10 @@ def test_fit_train_on_committed_rows_makes_a_valid_section(shipped, committed):
     assert set(section["parameters"]["classes"]) == set(shipped.parameters["classes"])
     assert {"stream", "matmul"} <= set(section["ops"])
     fit = section["fit"]
-    n_layers = sum(r["source"] == "layer" and r["input_grad"] == "1" for r in rows)
+    n_layers = sum(r["source"] == "layer" and r["input_grad"] == "1" and r["layout"] != "nhwc" for r in rows)
+    n_nhwc = sum(r["source"] == "layer" and r["input_grad"] == "1" and r["layout"] == "nhwc" for r in rows)
     assert fit["n"] == n_layers and fit["mape_pct"] < 50
+    assert n_nhwc >= 8 and section["channels_last"]["n_measurements"] == n_nhwc
     # a profile takes it, and costs training steps with it
     doc = json.loads(json.dumps(dataclasses.replace(shipped, train=section).to_dict()))
     again = profile_from_dict(doc)
@@ -225,3 +228,50 @@ def test_a_corrupt_train_section_names_the_field(shipped, bad, field):
     doc = dataclasses.replace(shipped, train=bad).to_dict()
     with pytest.raises(ProfileError, match=field.replace(".", r"\.")):
         profile_from_dict(doc)
+
+
+def test_gradient_sums_count_the_extra_readers_of_each_tensor():
+    import torch
+    from torch import nn
+
+    from torch_alpha_profiler import AlphaProfiler, load_profile
+    from torch_alpha_profiler.traincost import gradient_sum_pieces, gradient_sums
+
+    class Branches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.a, self.b, self.c = (nn.Conv2d(8, 8, 1) for _ in range(3))
+
+        def forward(self, x):
+            y = torch.relu(self.stem(x))  # read by three branches: two gradient additions
+            return self.a(y) + self.b(y) + self.c(y)
+
+    model = Branches().train()
+    x = torch.randn(2, 3, 8, 8)
+    sums = gradient_sums(model(x))
+    assert sums == [((2, 8, 8, 8), "float32")] * 2
+    (piece,) = set(gradient_sum_pieces(sums))
+    assert piece.cls == "elementwise" and piece.op == "add" and piece.nbytes == 3 * 2 * 8 * 8 * 8 * 4
+    with torch.no_grad():
+        assert gradient_sums(model(x)) == []
+    chain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)).train()
+    assert gradient_sums(chain(x)) == []
+
+    profile = load_profile("h100-fp32", warn_device=False)
+    with AlphaProfiler(model, profile=profile) as p:
+        model(x)
+    ms, joules = p._gradient_sums_ms()
+    assert len(ms) == 2 and (ms > 0).all() and (joules > 0).all()
+    without = sum(r.predicted_ms for r in p.train_records()) + sum(o.predicted_ms for o in p.train_ops())
+    assert p.train_step_ms == pytest.approx(without + ms.sum())
+
+
+def test_a_corrupt_training_channels_last_section_names_the_field(shipped):
+    import dataclasses
+
+    from torch_alpha_profiler.profile import ProfileError, profile_from_dict
+
+    train = dict(shipped.train, channels_last={"parameters": {"classes": {}}})
+    with pytest.raises(ProfileError, match="train.channels_last.parameters"):
+        profile_from_dict(dataclasses.replace(shipped, train=train).to_dict())

@@ -19,6 +19,7 @@ import weakref
 from collections import Counter, OrderedDict
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,6 +80,7 @@ class AlphaProfiler:
         self._uncosted_ops: Counter = Counter()  # (module, module type, operator) -> calls
         self._ops: Optional[List[OpRecord]] = None
         self._ops_costed: Optional[List[OpRecord]] = None
+        self._grad_sums: list = []  # gradient additions of the backward (traincost.gradient_sums)
 
     # ------------------------------------------------------------------ hooks
     def __enter__(self) -> "AlphaProfiler":
@@ -118,6 +120,8 @@ class AlphaProfiler:
                     self._handles.append(module.register_forward_hook(self._uncosted_hook(name)))
                 if self._stack is not None:
                     self._handles.append(module.register_forward_hook(self._stack.post_hook(), always_call=True))
+            # the root's output: where a training step's backward starts (gradient additions)
+            self._handles.append(self.model.register_forward_hook(self._output_hook))
             if self._stack is not None:
                 self._capture = OpCapture(self._stack, self._seq)
                 self._capture.calls, self._capture.uncosted = self._op_calls, self._uncosted_ops
@@ -202,6 +206,12 @@ class AlphaProfiler:
                           [tensor_meta(out)], pieces, flops, next(seq), stack.module_calls, stack.view_calls))
 
         return hook
+
+    def _output_hook(self, module, inputs, output):
+        if torch.is_grad_enabled():
+            from .traincost import gradient_sums
+
+            self._grad_sums += gradient_sums(output)
 
     def _uncosted_hook(self, name: str):
         def hook(module, inputs, output):
@@ -323,7 +333,20 @@ class AlphaProfiler:
         if not self.profile.train:
             return None
         return float(sum(r.predicted_ms for r in self.train_records())
-                     + sum(o.predicted_ms for o in self.train_ops() if o.predicted_ms is not None))
+                     + sum(o.predicted_ms for o in self.train_ops() if o.predicted_ms is not None)
+                     + float(np.nansum(self._gradient_sums_ms()[0])))
+
+    def _gradient_sums_ms(self):
+        """Predicted ms and joules of the backward's gradient additions (traincost.gradient_sums),
+        each a forward elementwise add."""
+        from .opcost import pieces_energy_j, pieces_ms
+        from .traincost import gradient_sum_pieces
+
+        pieces = gradient_sum_pieces(self._grad_sums)
+        if not pieces:
+            return np.zeros(0), np.zeros(0)
+        ms = pieces_ms(pieces, self.profile)
+        return ms, pieces_energy_j(pieces, ms, self.profile)
 
     @property
     def train_energy_j(self) -> Optional[float]:
@@ -334,7 +357,8 @@ class AlphaProfiler:
         if not train_energy_available(self.profile):
             return None
         return float(sum(r.energy_j or 0.0 for r in self.train_records())
-                     + sum(o.energy_j or 0.0 for o in self.train_ops()))
+                     + sum(o.energy_j or 0.0 for o in self.train_ops())
+                     + float(np.nansum(self._gradient_sums_ms()[1])))
 
     @property
     def eager_ms(self) -> Optional[float]:

@@ -5,13 +5,16 @@ in place of the forward's, and the training-step power coefficients in place of
 the forward's: the forward's cost code (cost.py, opcost.py) then costs each
 recorded call's whole training step. A layer whose input needs no gradient (the
 network's first layer: no grad-input product) costs ``no_input_grad_ratio``
-of a full step. Channels-last convolutions use the training section's own channels-last
+of a full step. A tensor that several operations read gets the sum of their gradients in the
+backward: one elementwise addition per extra reader (:func:`gradient_sums`, found by walking
+the autograd graph of the recorded forward), costed as the forward's ``add``. Channels-last
+convolutions use the training section's own channels-last
 parameters where it has them (calibrations before they were timed: the NCHW ones).
 """
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Sequence
+from typing import Iterable, List, Sequence, Tuple
 
 from .records import LayerRecord
 
@@ -53,3 +56,65 @@ def attach_train_costs(records: Sequence[LayerRecord], profile) -> List[LayerRec
 def train_energy_available(profile) -> bool:
     return bool(profile.train) and bool((profile.power or {}).get("train"))
 
+
+
+def _tensors(obj) -> Iterable:
+    """The tensors in a module's output (a tensor, or tuples, lists, dicts of them)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for x in obj:
+            yield from _tensors(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _tensors(x)
+
+
+def gradient_sums(output) -> List[Tuple[Tuple[int, ...], str]]:
+    """(shape, dtype) of each gradient addition the backward of ``output`` runs: a forward
+    tensor read by k operations receives k gradients, summed by k - 1 additions. Found from
+    the autograd graph (parameters' accumulation excluded); empty without autograd or where
+    this torch does not expose the graph's tensor metadata."""
+    from collections import Counter
+
+    roots = [t.grad_fn for t in _tensors(output) if t.grad_fn is not None]
+    readers: Counter = Counter()
+    nodes, stack, seen = {}, list(roots), set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes[id(node)] = node
+        for child, index in node.next_functions:
+            if child is not None:
+                readers[(id(child), index)] += 1
+                stack.append(child)
+    out = []
+    for (key, index), k in readers.items():
+        node = nodes[key]
+        if k < 2 or type(node).__name__ == "AccumulateGrad":
+            continue
+        meta = getattr(node, "_input_metadata", None)
+        if meta is None or index >= len(meta):
+            continue
+        shape, dtype = tuple(meta[index].shape), str(meta[index].dtype)[6:]
+        out += [(shape, dtype)] * (k - 1)
+    return out
+
+
+def gradient_sum_pieces(sums: Sequence[Tuple[Tuple[int, ...], str]]):
+    """The additions of :func:`gradient_sums` as elementwise ``add`` pieces (read two, write one)."""
+    from .layers import itemsize_of
+    from .ops import Piece
+
+    pieces = []
+    for shape, dtype in sums:
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+        size = itemsize_of(dtype)
+        pieces.append(Piece("elementwise", nbytes=3 * numel * size, itemsize=size, op="add"))
+    return pieces
