@@ -186,6 +186,7 @@ def test_unknown_operators_are_reported_by_name_and_count_never_zero(prof):
     ops = {n.name: n.reason for n in p.not_costed() if n.module_type == "operator"}
     assert set(ops) == {"_fft_r2c"}
     assert ops["_fft_r2c"].startswith("2 call(s); no cost class")
+    assert [n.calls for n in p.not_costed() if n.name == "_fft_r2c"] == [2]
     # the Conv1d is listed once, as a layer with no formula (its convolution is not an extra entry)
     assert [(n.name, n.module_type) for n in p.not_costed() if n.module_type != "operator"] == [("c1", "Conv1d")]
     assert p.predicted_ms == pytest.approx(p.ops[0].predicted_ms)

@@ -37,6 +37,6 @@ def test_records_compare_by_value_and_hash():
 def test_not_costed_fields():
     n = NotCosted("conv1d", "Conv1d", (1, 3, 10), "no cost formula")
     assert dataclasses.asdict(n) == {"name": "conv1d", "module_type": "Conv1d",
-                                     "input_shape": (1, 3, 10), "reason": "no cost formula"}
+                                     "input_shape": (1, 3, 10), "reason": "no cost formula", "calls": 1}
     with pytest.raises(dataclasses.FrozenInstanceError):
         n.name = "x"

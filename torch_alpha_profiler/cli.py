@@ -167,13 +167,6 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def _calls(n) -> int:
-    """Calls a NotCosted entry stands for (operators come grouped: '<n> call(s); ...')."""
-    if n.module_type == "operator":
-        return int(n.reason.split(" ", 1)[0])
-    return 1
-
-
 def _ranks(values: Sequence[float]) -> List[int]:
     order = sorted(range(len(values)), key=lambda i: values[i])
     ranks = [0] * len(values)
@@ -202,7 +195,7 @@ def cmd_compare(args) -> int:
                          "ops_ms": p.ops_ms, "energy_j": p.energy_j, "co2e_g": p.co2e_g(args.grid_intensity),
                          "train_step_ms": step_ms, "train_energy_j": step_j,
                          "layers": len(p.records), "ops": len(p.ops),
-                         "not_costed": sum(_calls(n) for n in p.not_costed())})
+                         "not_costed": sum(n.calls for n in p.not_costed())})
     for batch in args.batch:
         group = [r for r in rows if r["batch"] == batch]
         for r, a, b in zip(group, _ranks([r["flops"] for r in group]),
@@ -419,7 +412,7 @@ def cmd_estimate(args) -> int:
               "epochs": epochs, "steps": steps, "step_ms": step_ms, "step_energy_j": step_j,
               "hours": step_ms * steps / 3.6e6, "kwh": kwh, "grid_g_per_kwh": grid,
               "kg_co2e": None if kwh is None else kwh * grid / 1e3,
-              "not_costed": sum(_calls(n) for n in p.not_costed()),
+              "not_costed": sum(n.calls for n in p.not_costed()),
               "assumptions": [a for a in ESTIMATE_ASSUMPTIONS if train or not a.startswith("training")]}
     if args.format == "json":
         _emit(json.dumps(result, indent=1), args.out)

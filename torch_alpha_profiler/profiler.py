@@ -388,14 +388,14 @@ class AlphaProfiler:
         by_op: Counter = Counter()
         for (_, _, op), n in self._uncosted_ops.items():
             by_op[op] += n
-        ops = [NotCosted(op, "operator", (), f"{n} call(s); no cost class for this operator")
+        ops = [NotCosted(op, "operator", (), f"{n} call(s); no cost class for this operator", n)
                for op, n in sorted(by_op.items())]
         missing: Counter = Counter()
         for o in self.ops:
             if o.predicted_ms is None:
                 missing[(o.op_class, o.op.split(".")[0])] += 1
         ops += [NotCosted(op, "operator", (), f"{n} call(s); profile {self.profile.name!r} has no "
-                          f"'{cls}' class") for (cls, op), n in sorted(missing.items())]
+                          f"'{cls}' class", n) for (cls, op), n in sorted(missing.items())]
         return list(self._not_costed) + uncalled + ops
 
     def by_module(self) -> Dict[str, Dict[str, float]]:

@@ -65,3 +65,4 @@ class NotCosted:
     module_type: str
     input_shape: Tuple[int, ...]
     reason: str
+    calls: int = 1  # calls this entry stands for (operators are listed once per name)

@@ -149,10 +149,8 @@ def layer_table(records: Sequence[LayerRecord], depth: Optional[int] = None,
     if not_costed:
         counts: Dict[str, int] = {}
         for n in not_costed:
-            key, calls = n.module_type, 1
-            if n.module_type == "operator":  # operators come grouped: "<n> call(s); ..."
-                key, calls = n.name, int(n.reason.split(" ", 1)[0])
-            counts[key] = counts.get(key, 0) + calls
+            key = n.name if n.module_type == "operator" else n.module_type
+            counts[key] = counts.get(key, 0) + n.calls
         text += "\nnot costed: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
     return text
 
