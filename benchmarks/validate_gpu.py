@@ -482,6 +482,17 @@ def energy_section(args):
         lines.append(f"| {dtype} | measured board power, forward (training step) | | "
                      f"{col['fwd_w'].min():.0f}-{col['fwd_w'].max():.0f} W "
                      f"({col['train_w'].min():.0f}-{col['train_w'].max():.0f} W) | | | |")
+        repeat = os.path.join(args.data, "energy-repeat", f"energy-train-{dtype}.csv")
+        if os.path.exists(repeat):
+            with open(repeat) as f:
+                again = {r["model"]: r for r in csv.DictReader(f) if r["status"] == "ok"}
+            for key, label in (("fwd_j", "forward energy"), ("train_ms", "training step time"),
+                               ("train_j", "training step energy")):
+                diff = np.array([abs(float(again[r["model"]][key]) / float(r[key]) - 1) * 100
+                                 for r in rows if r["model"] in again])
+                lines.append(f"| {dtype} | {label}: the same models re-measured on another machine "
+                             f"(`energy-repeat/`) | measurement vs measurement | {diff.mean():.1f} | "
+                             f"{np.median(diff):.1f} | {diff.max():.0f} | |")
     lines += ["", "Per model (error = predicted / measured - 1):", "",
               "| dtype | model | forward W | forward J | error | train step ms | error | train step J | error |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -588,9 +599,9 @@ ENERGY_MISSES = """### Energy and training steps: where the prediction still mis
   and SqueezeNet, a third low in energy as in time): the static power multiplies the predicted
   time. Where the time is right, the energy is mostly within 10%.
 - Training steps miss the issue's targets (MAPE 13% fp32 and 16% bf16 against 10%; Spearman
-  0.94-0.95 against 0.97). resnext50_32x4d is overpredicted (+67% fp32, +30% bf16): its grouped
-  convolutions' step classes come from few calibration rows, and grouped backward kernels vary
-  most from shape to shape (CV MAPE of the step classes 24-28%, docs/forms-train-energy.md).
+  0.94-0.95 against 0.97). resnext50_32x4d is overpredicted (+67% fp32, +30% bf16); the step
+  classes miss single calibration layers by a quarter to a third (CV MAPE in
+  docs/forms-train-energy.md), and we have not found which of resnext's layers carry its error.
   Small, many-kernel models (MobileNets, MnasNet, ShuffleNet, SqueezeNet, RegNet-400MF) and
   Inception are underpredicted by a fifth to a third, most in bf16; their steps run many short
   backward kernels, and we think the calibration rows, one layer or op replayed alone, miss
@@ -598,7 +609,8 @@ ENERGY_MISSES = """### Energy and training steps: where the prediction still mis
   batch-norm backward on freshly written gradients, and more kernels per op than the isolated
   op runs). In bf16, even the forward-proportional baseline (k x measured forward, which uses
   the measurements) is closer (12.8%).
-- Training-step energy follows the step time's errors (9-13% MAPE).
+- Training-step energy (one constant power per dtype times the predicted step time, the form
+  the calibration's cross-validation chose) follows the step time's errors.
 """
 
 WHOLE_MODEL_MISSES = """

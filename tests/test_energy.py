@@ -205,9 +205,20 @@ def test_fit_energy_recovers_known_coefficients():
     fit = c["fit"]
     assert fit["n"] == len(joules) and fit["mape_pct"] < 0.1
     assert fit["weight_exponent"] in (0.0, 0.5, 1.0)
-    assert set(fit["cv_weighted_ape_pct"]) == {"0.0", "0.5", "1.0"}
+    assert fit["form"] == "static + per FLOP + per byte"
+    assert set(fit["cv_weighted_ape_pct"]) == {f"{form}, w={w}" for form in ("static + per FLOP + per byte",
+                                                                            "constant power")
+                                               for w in ("0.0", "0.5", "1.0")}
     # the fitted coefficients predict the rows through energy_j
     assert energy_j(c, classes, ms, flops, nbytes) == pytest.approx(joules, rel=1e-3)
+
+
+def test_fit_energy_takes_one_constant_power_where_it_cross_validates_better():
+    classes, ms, flops, nbytes, _ = _synthetic()
+    joules = 300.0 * ms / 1e3 * (1 + 0.05 * np.sin(np.arange(len(ms))))  # power, nothing per FLOP or byte
+    c = fit_energy(classes, ms, flops, nbytes, joules)
+    assert c["fit"]["form"] == "constant power" and c["j_per_flop"] == {} and c["j_per_byte"] == 0.0
+    assert c["static_w"] == pytest.approx(300.0, rel=0.05)
 
 
 def test_fit_energy_coefficients_are_never_negative():
@@ -227,10 +238,12 @@ def test_fit_energy_picks_the_weighting_with_the_least_cross_validated_error():
     noisy = joules * np.where(big, 1.0, 2.0)
     c = fit_energy(classes, ms, flops, nbytes, noisy)
     cv = c["fit"]["cv_weighted_ape_pct"]
-    assert c["fit"]["weight_exponent"] == 1.0
-    assert cv["1.0"] == min(cv.values()) and cv["1.0"] < cv["0.0"]
+    full = "static + per FLOP + per byte"
+    assert c["fit"]["weight_exponent"] == 1.0 and c["fit"]["form"] == full
+    assert cv[f"{full}, w=1.0"] == min(cv.values()) and cv[f"{full}, w=1.0"] < cv[f"{full}, w=0.0"]
     only = fit_energy(classes, ms, flops, nbytes, noisy, weight_exps=(0.0,))
-    assert only["fit"]["weight_exponent"] == 0.0 and set(only["fit"]["cv_weighted_ape_pct"]) == {"0.0"}
+    assert only["fit"]["weight_exponent"] == 0.0
+    assert set(only["fit"]["cv_weighted_ape_pct"]) == {f"{full}, w=0.0", "constant power, w=0.0"}
     # weighting by energy fits the big calls better than the unweighted fit does
     err = {w: np.abs(energy_j(f, classes, ms, flops, nbytes) - noisy)[big].sum()
            for w, f in ((1.0, c), (0.0, only))}

@@ -5,6 +5,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import sys
 import time
 import warnings
@@ -127,6 +128,8 @@ def _check_mode(args, profile) -> None:
 
 def _time_line(p, mode: str, grid: Optional[float] = None) -> str:
     """One line that says what the predicted time covers."""
+    from .energy import DEFAULT_GRID_G_PER_KWH
+
     parts = f"Conv2d/Linear {p.layers_ms:.3f} ms"
     if p.scope == "model":
         parts += f" + other operations {p.ops_ms:.3f} ms"
@@ -137,7 +140,7 @@ def _time_line(p, mode: str, grid: Optional[float] = None) -> str:
     joules = p.energy_j
     if joules is not None:
         text += (f"\npredicted GPU energy per forward: {joules * 1e3:.2f} mJ "
-                 f"({p.co2e_g(grid) * 1e3:.4f} mg CO2e at {grid or 480:g} g/kWh)")
+                 f"({p.co2e_g(grid) * 1e3:.4f} mg CO2e at {DEFAULT_GRID_G_PER_KWH if grid is None else grid:g} g/kWh)")
     if mode == "train":
         text += (f"\npredicted training step (forward + backward, no optimizer step; GPU time): "
                  f"{p.train_step_ms:.3f} ms")
@@ -151,10 +154,18 @@ def cmd_profile(args) -> int:
 
     profile = load_profile(args.profile)
     _check_mode(args, profile)
+    if args.mode == "train" and args.format in ("csv", "ops-csv"):
+        raise CliError(f"--format {args.format} lists the forward's calls; with --mode train use --format "
+                       "table or json (they add the training step's totals)")
     p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device,
                        args.scope, train=args.mode == "train")
     if args.format == "json":
-        _emit(p.to_json(args.grid_intensity), args.out)
+        text = p.to_json(args.grid_intensity)
+        if args.mode == "train":
+            doc = json.loads(text)
+            doc.update(train_step_ms=p.train_step_ms, train_energy_j=p.train_energy_j)
+            text = json.dumps(doc, indent=1)
+        _emit(text, args.out)
     elif args.format == "csv":
         _emit(p.to_csv(), args.out)
     elif args.format == "ops-csv":
@@ -290,8 +301,8 @@ def cmd_fit(args) -> int:
 
             try:
                 extra["train"] = fit_train(
-                    _read_rows(args.train, ("source", "time_ms"), ("time_ms",)),
-                    _read_rows(args.ops, ("cls", "nbytes", "time_ms"), ("nbytes", "time_ms")), args.family,
+                    _read_rows(args.train, TRAIN_TABLE_COLUMNS, ("time_ms",)),
+                    _read_rows(args.ops, OPS_JOIN_COLUMNS, ("nbytes", "time_ms")), args.family,
                     provenance.get("l2_cache_bytes") or L2_BYTES, source=args.train)
             except ValueError as e:
                 raise CliError(str(e)) from None
@@ -300,8 +311,8 @@ def cmd_fit(args) -> int:
 
             try:
                 extra["power"] = fit_power(
-                    _read_rows(args.energy, ("source", "time_ms", "energy_mj"), ("time_ms", "energy_mj")),
-                    _read_rows(args.ops, ("cls", "nbytes", "time_ms"), ("nbytes", "time_ms")), args.family,
+                    _read_rows(args.energy, TRAIN_TABLE_COLUMNS + ("energy_mj", "status"), ("time_ms", "energy_mj")),
+                    _read_rows(args.ops, OPS_JOIN_COLUMNS, ("nbytes", "time_ms")), args.family,
                     provenance.get("idle_power_w"), source=args.energy)
             except ValueError as e:
                 raise CliError(str(e)) from None
@@ -320,6 +331,13 @@ def cmd_fit(args) -> int:
     sys.stderr.write(f"fitted {args.family} on {fit['n']} layers: MAPE {fit['mape_pct']:.1f}%, "
                      f"Spearman {fit['spearman']:.3f}; wrote {args.out}\n")
     return 0
+
+
+# columns the training and energy tables (calibrate --train / --energy) need, and the op table
+# they take bytes and geometry from
+TRAIN_TABLE_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3", "kind", "N", "Cin", "Cout", "H", "W", "K1", "K2",
+                       "input_grad", "layout", "time_ms")
+OPS_JOIN_COLUMNS = ("op", "d0", "d1", "d2", "d3", "cls", "nbytes", "time_ms")
 
 
 def _read_rows(path: str, required, numeric=()) -> list:
@@ -398,6 +416,8 @@ def cmd_estimate(args) -> int:
     if profile.ops is None:
         raise CliError(f"profile {profile.name!r} cannot cost the whole model (no op classes); "
                        "use an h100-* profile or one made by 'alpha-profiler calibrate'")
+    if not train and args.epochs is not None:
+        raise CliError("--epochs is for training runs; --mode infer serves --samples once")
     if train and args.epochs is None:
         args.epochs = 1
     p = _profile_model(args.model, args.batch, _input_size(args, args.model), profile, args.device,
@@ -420,12 +440,13 @@ def cmd_estimate(args) -> int:
     what = (f"training {args.model} for {epochs} epoch(s) of {args.samples:,} samples at batch {args.batch}"
             if train else f"serving {args.samples:,} samples with {args.model} at batch {args.batch}")
     lines = [f"{what} on {profile.device_name} ({profile.dtype}, profile {profile.name}):",
-             f"  steps            {steps:,} x {step_ms:.3f} ms = {result['hours']:.3f} h of GPU time"]
+             f"  steps            {steps:,} x {step_ms:.4g} ms = {result['hours']:.4g} h of GPU time"]
     if kwh is None:
-        lines.append(f"  energy           unavailable: profile {profile.name!r} has no power data")
+        what = "training-step power data" if train else "power data"
+        lines.append(f"  energy           unavailable: profile {profile.name!r} has no {what}")
     else:
-        lines += [f"  energy           {steps:,} x {step_j:.4f} J = {kwh:.3f} kWh",
-                  f"  emissions        {result['kg_co2e']:.3f} kg CO2e at {grid:g} g CO2e/kWh"]
+        lines += [f"  energy           {steps:,} x {step_j:.4g} J = {kwh:.4g} kWh",
+                  f"  emissions        {result['kg_co2e']:.4g} kg CO2e at {grid:g} g CO2e/kWh"]
     if result["not_costed"]:
         lines.append(f"  not costed       {result['not_costed']} call(s) per step (see 'alpha-profiler profile')")
     lines += ["assumptions:"] + [f"  - {a}" for a in result["assumptions"]]
@@ -465,7 +486,11 @@ def cmd_calibrate(args) -> int:
                             name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"),
                             ops=not args.no_ops, energy=args.energy, train=args.train)
     except (RuntimeError, ValueError) as e:  # e.g. no energy counter, too few rows to fit
-        raise CliError(f"{e} (raw measurements so far are kept in {args.out}*.csv; the run resumes)") from None
+        import os
+
+        kept = (f" (raw measurements so far are kept in {args.out}*.csv; the run resumes)"
+                if os.path.exists(args.out + ".csv") else "")
+        raise CliError(f"{e}{kept}") from None
     fit = profile.provenance["fit"]
     sys.stderr.write(f"measured {profile.provenance['n_measurements']} layers and fitted {args.family} in "
                      f"{time.monotonic() - t0:.0f} s: MAPE {fit['mape_pct']:.1f}%, Spearman "
@@ -474,6 +499,17 @@ def cmd_calibrate(args) -> int:
 
 
 # ------------------------------------------------------------------ parser
+def _intensity(text: str) -> float:
+    """argparse type: a carbon intensity, g CO2e per kWh (a finite number, at least 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of g CO2e per kWh, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of g CO2e per kWh, at least 0, got {text}")
+    return value
+
+
 def _positive(text: str) -> int:
     """argparse type: an integer of at least 1."""
     try:
@@ -507,7 +543,7 @@ def create_parser() -> argparse.ArgumentParser:
         p.add_argument("--scope", default="auto", choices=("auto", "model", "layers"),
                        help="model: every operation; layers: Conv2d and Linear only; auto (default): "
                             "model when the profile has classes for the other operations")
-        p.add_argument("--grid-intensity", type=float, metavar="G",
+        p.add_argument("--grid-intensity", type=_intensity, metavar="G",
                        help="g CO2e per kWh of the electricity (default 480: world average 2023, Ember "
                             "Global Electricity Review 2024), for co2e_g")
         p.add_argument("--mode", default="gpu", choices=("gpu", "eager", "train"),
@@ -541,7 +577,7 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive, help="training epochs (default 1)")
     p.add_argument("--mode", default="train", choices=("train", "infer"),
                    help="train (default): forward + backward per step; infer: forward only (GPU time)")
-    p.add_argument("--grid-intensity", type=float, metavar="G",
+    p.add_argument("--grid-intensity", type=_intensity, metavar="G",
                    help="g CO2e per kWh (default 480: world average 2023, Ember Global Electricity Review 2024)")
     p.add_argument("--input-size", type=_positive, nargs="+", metavar="PX",
                    help="input height [width] (default: the model's own, e.g. 224)")
@@ -596,7 +632,7 @@ def create_parser() -> argparse.ArgumentParser:
                         "calls) of a subset of the plans into PREFIX-energy.csv; about 2 minutes")
     p.add_argument("--train", action="store_true",
                    help="also time training steps (forward + backward) of plan subsets into PREFIX-train.csv "
-                        "(raw data for training-cost classes; not fitted yet)")
+                        "and fit the profile's training-step classes")
     p.add_argument("--no-ops", action="store_true",
                    help="time Conv2d/Linear layers only (no op classes, no eager host costs)")
     p.set_defaults(func=cmd_calibrate)

@@ -14,8 +14,9 @@ attention: tensor-core TF32/bf16 work costs less than fp32 CUDA-core work);
 ``j_per_byte``: the energy of moving one byte of the layer's inputs, outputs and
 weights (the op's bytes read and written). Fitted by non-negative least squares
 on the relative error of each row's energy, rows weighted by a power of their
-energy chosen by 5-fold cross-validation of the energy-weighted error (a network's
-energy is a sum of many calls; see fit_energy and docs/model.md). A training
+energy; that power, and whether the three terms beat one constant power x time, are
+chosen by 5-fold cross-validation of the energy-weighted error (a network's energy is
+a sum of many calls; see fit_energy and docs/model.md). A training
 step's coefficients are over the forward's FLOPs and bytes (its own time).
 
 CO2e = energy in kWh x the grid's carbon intensity (g CO2e per kWh).
@@ -35,6 +36,7 @@ GRID_SOURCE = "Ember, Global Electricity Review 2024: world average 2023, 480 g 
 FLOP_CLASSES = ("linear", "conv1x1", "convkxk", "grouped", "depthwise", "matmul", "attention")
 PHASES = ("forward", "train")
 # candidate weightings of the rows in the fit (row energy to this power), chosen by cross-validation
+# with the form
 WEIGHT_EXPONENTS = (0.0, 0.5, 1.0)
 
 
@@ -80,29 +82,35 @@ def _nnls_relative(a: np.ndarray, joules: np.ndarray, weight_exp: float) -> np.n
 def fit_energy(classes: Sequence[str], ms, flops, nbytes, joules, weight_exps=WEIGHT_EXPONENTS,
                folds: int = 5, seed: int = 0) -> Dict[str, object]:
     """One phase's coefficients, by non-negative least squares on each row's relative error,
-    rows weighted by their energy to the power w; w is chosen among ``weight_exps`` by
-    ``folds``-fold cross-validation of the energy-weighted error (sum |error| / sum energy: the
-    error of a sum of many calls, as a network's energy is). A FLOP class with no row gets no
-    coefficient (its FLOPs then cost only time and bytes)."""
+    rows weighted by their energy to the power w. The form (``FORMS``: the three terms, or one
+    constant power x time) and w are chosen by ``folds``-fold cross-validation of the
+    energy-weighted error (sum |error| / sum energy: the error of a sum of many calls, as a
+    network's energy is). A FLOP class with no row gets no coefficient (its FLOPs then cost only
+    time and bytes); the constant form has none, and no energy per byte."""
     from .fit import residual_stats
 
     classes = list(classes)
     ms, flops, nbytes, joules = (np.asarray(v, dtype=np.float64) for v in (ms, flops, nbytes, joules))
     names = np.array(classes)
     present = [c for c in FLOP_CLASSES if np.any((names == c) & (flops > 0))]
-    a = np.stack([ms / 1e3] + [np.where(names == c, flops, 0.0) for c in present] + [nbytes], axis=1)
+    full = np.stack([ms / 1e3] + [np.where(names == c, flops, 0.0) for c in present] + [nbytes], axis=1)
+    designs = {"static + per FLOP + per byte": full, "constant power": full[:, :1]}
     fold = np.random.default_rng(seed).permutation(len(joules)) % folds
     cv = {}
-    for w in weight_exps:
-        pred = np.empty(len(joules))
-        for k in range(folds):
-            train = fold != k
-            pred[~train] = a[~train] @ _nnls_relative(a[train], joules[train], w)
-        cv[w] = float(np.sum(np.abs(pred - joules)) / np.sum(joules) * 100)
-    best = min(cv, key=cv.get)
-    x = _nnls_relative(a, joules, best)
-    coeffs = {"static_w": float(x[0]), "j_per_flop": {c: float(v) for c, v in zip(present, x[1:-1])},
-              "j_per_byte": float(x[-1])}
-    coeffs["fit"] = dict(residual_stats(energy_j(coeffs, classes, ms, flops, nbytes), joules),
-                         weight_exponent=best, cv_weighted_ape_pct={str(k): v for k, v in cv.items()})
+    for form, a in designs.items():
+        for w in weight_exps:
+            pred = np.empty(len(joules))
+            for k in range(folds):
+                train = fold != k
+                pred[~train] = a[~train] @ _nnls_relative(a[train], joules[train], w)
+            cv[(form, w)] = float(np.sum(np.abs(pred - joules)) / np.sum(joules) * 100)
+    form, w = min(cv, key=cv.get)
+    x = _nnls_relative(designs[form], joules, w)
+    if form == "constant power":
+        coeffs = {"static_w": float(x[0]), "j_per_flop": {}, "j_per_byte": 0.0}
+    else:
+        coeffs = {"static_w": float(x[0]), "j_per_flop": {c: float(v) for c, v in zip(present, x[1:-1])},
+                  "j_per_byte": float(x[-1])}
+    coeffs["fit"] = dict(residual_stats(energy_j(coeffs, classes, ms, flops, nbytes), joules), form=form,
+                         weight_exponent=w, cv_weighted_ape_pct={f"{f}, w={k}": v for (f, k), v in cv.items()})
     return coeffs

@@ -59,9 +59,9 @@ def fit_power(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, 
     rows = [r for r in rows if _usable(r)]
     power: Dict[str, object] = {"idle_w": idle_w, "source": source}
     for phase, sources in (("forward", ("layer", "op")), ("train", ("train_layer", "train_op"))):
-        sel = [r for r in rows if r["source"] in sources]
-        if len(sel) >= 8:
-            power[phase] = fit_energy(*energy_features(sel, op_rows, family))
+        features = energy_features([r for r in rows if r["source"] in sources], op_rows, family)
+        if len(features[1]) >= 8:  # rows whose op has no forward op row are left out first
+            power[phase] = fit_energy(*features)
     if "forward" not in power:
         raise ValueError(f"{source or 'energy rows'}: fewer than 8 usable forward rows")
     return power

@@ -81,6 +81,7 @@ class AlphaProfiler:
         self._ops: Optional[List[OpRecord]] = None
         self._ops_costed: Optional[List[OpRecord]] = None
         self._grad_sums: list = []  # gradient additions of the backward (traincost.gradient_sums)
+        self._trained = False  # the forward ran with autograd on (a training step's forward)
 
     # ------------------------------------------------------------------ hooks
     def __enter__(self) -> "AlphaProfiler":
@@ -211,6 +212,7 @@ class AlphaProfiler:
         if torch.is_grad_enabled():
             from .traincost import gradient_sums
 
+            self._trained = True
             self._grad_sums += gradient_sums(output)
 
     def _uncosted_hook(self, name: str):
@@ -306,7 +308,7 @@ class AlphaProfiler:
         from .energy import DEFAULT_GRID_G_PER_KWH, co2e_g
 
         joules = self.energy_j
-        return None if joules is None else co2e_g(joules, grid_g_per_kwh or DEFAULT_GRID_G_PER_KWH)
+        return None if joules is None else co2e_g(joules, DEFAULT_GRID_G_PER_KWH if grid_g_per_kwh is None else grid_g_per_kwh)
 
     def train_records(self) -> List[LayerRecord]:
         """The Conv2d/Linear calls costed as training steps (forward + backward: predicted_ms,
@@ -396,6 +398,14 @@ class AlphaProfiler:
                 missing[(o.op_class, o.op.split(".")[0])] += 1
         ops += [NotCosted(op, "operator", (), f"{n} call(s); profile {self.profile.name!r} has no "
                           f"'{cls}' class", n) for (cls, op), n in sorted(missing.items())]
+        if self._trained and self.profile.train:
+            # a training step's forward: operations whose training class the profile lacks
+            untrained: Counter = Counter()
+            for o, t in zip(self.ops, self.train_ops()):
+                if o.predicted_ms is not None and t.predicted_ms is None:
+                    untrained[(o.op_class, o.op.split(".")[0])] += 1
+            ops += [NotCosted(op, "operator", (), f"{n} call(s); profile {self.profile.name!r} has no "
+                              f"training '{cls}' class", n) for (cls, op), n in sorted(untrained.items())]
         return list(self._not_costed) + uncalled + ops
 
     def by_module(self) -> Dict[str, Dict[str, float]]:

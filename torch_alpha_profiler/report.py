@@ -166,7 +166,7 @@ def summary(records: Sequence[LayerRecord], profile, not_costed: Sequence[NotCos
     """
     from .energy import DEFAULT_GRID_G_PER_KWH, co2e_g
 
-    grid = grid_g_per_kwh or DEFAULT_GRID_G_PER_KWH
+    grid = DEFAULT_GRID_G_PER_KWH if grid_g_per_kwh is None else grid_g_per_kwh
     layers_ms = float(sum(r.predicted_ms for r in records))
     ops_ms = _nansum(o.predicted_ms for o in ops if o.predicted_ms is not None)
     return {

@@ -7,7 +7,8 @@ recorded call's whole training step. A layer whose input needs no gradient (the
 network's first layer: no grad-input product) costs ``no_input_grad_ratio``
 of a full step. A tensor that several operations read gets the sum of their gradients in the
 backward: one elementwise addition per extra reader (:func:`gradient_sums`, found by walking
-the autograd graph of the recorded forward), costed as the forward's ``add``. Channels-last
+the autograd graph of the recorded forward), costed as the forward's ``add`` in time and
+energy (each is one addition kernel, not a layer's training step). Channels-last
 convolutions use the training section's own channels-last
 parameters where it has them (calibrations before they were timed: the NCHW ones).
 """

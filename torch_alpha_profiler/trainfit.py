@@ -70,7 +70,8 @@ def no_input_grad_ratio(rows: Sequence[Mapping[str, str]]) -> Optional[float]:
         if r.get("source") == "layer" and _ok(r):
             steps.setdefault(config_key(r), {})[r.get("input_grad", "1")] = float(r["time_ms"])
     ratios = [s["0"] / s["1"] for s in steps.values() if "0" in s and "1" in s]
-    return float(np.median(ratios)) if ratios else None
+    # a step cannot be longer without the grad-input product: noise above 1 is clamped
+    return min(float(np.median(ratios)), 1.0) if ratios else None
 
 
 def fit_train(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, str]], family: str,

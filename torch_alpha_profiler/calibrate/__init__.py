@@ -31,7 +31,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
       the layers and half of the trainable ops (train.py), fitted into the profile's 'train'
       section (trainfit.py);
     * with ``energy`` (a GPU whose energy counter NVML reads): ``PREFIX-energy.csv``, board
-      power while each of about 270 rows of the plans (and of the training plan) runs for
+      power while each of about 280 rows of the plans (and of the training plan) runs for
       0.3 s (power.py), fitted into the 'power' section (powerfit.py, energy.py); the idle
       power goes to the provenance. About 2 minutes on an H100;
     * ``PREFIX.json``: the profile, with the seconds each stage took.
@@ -98,7 +98,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     if train:
         from .train import measure_train, train_plan
 
-        every = {} if scale > 0 else {"layer_every": 1, "nhwc_every": 1}  # a smoke test: every row
+        every = {} if scale > 0 else {"layer_every": 1, "op_every": 1, "nhwc_every": 1}  # smoke test: all
         train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan), **every)
         measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,
                       progress=progress)

@@ -182,7 +182,8 @@ def energy_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str
 
     rows = [dict(r, source="layer") for r in layer_plan[::layer_every]]
     rows += [dict(r, source="op", kind="") for r in [r for r in op_plan if r["op"] in KINDS][::op_every]]
-    rows += [dict(r, source="train_" + r["source"]) for r in train_rows[::train_every]]
+    trains = [r for r in train_rows if r.get("input_grad", "1") != "0"]  # the fit leaves those out
+    rows += [dict(r, source="train_" + r["source"]) for r in trains[::train_every]]
     return rows
 
 

@@ -107,7 +107,8 @@ def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "c
     done = set()
     if resume and os.path.exists(out_csv):
         with open(out_csv, newline="") as f:
-            done = {",".join(r.get(c, "") for c in key_cols) for r in csv.DictReader(f)}
+            done = {",".join(r.get(c, "") for c in key_cols) for r in csv.DictReader(f)
+                    if r.get("status") in ("ok", "oom")}
 
     def time_row(i, r):
         if r["source"] == "layer":
