@@ -2,7 +2,8 @@
 
     python benchmarks/op_breakdown.py --dtype float32 --out DIR      # on a GPU
 
-For each model and batch, three eager forwards run under torch.profiler with
+For each model and batch, three eager forwards (with --train: training steps, train mode,
+forward + sum of the outputs + backward, no optimizer) run under torch.profiler with
 input shapes recorded; every aten operator's self device time (the kernels it
 launched) is written per call, with its input shapes, so that cost classes
 for the memory-bound operations (BatchNorm, activations, pooling, additions,
@@ -34,7 +35,7 @@ def _device_us(evt, name):
     return float("nan")
 
 
-def breakdown(name, batch, dtype, forwards=3):
+def breakdown(name, batch, dtype, forwards=3, train=False):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -44,13 +45,23 @@ def breakdown(name, batch, dtype, forwards=3):
     dt = getattr(torch, dtype)
     model = build_model(name, device="cuda").to(dt)
     x = torch.randn(batch, 3, *default_input_size(name), device="cuda", dtype=dt)
-    with torch.no_grad():
-        for _ in range(3):
+
+    def step():
+        if not train:
             model(x)
+            return
+        out = model(x)
+        out = out[0] if isinstance(out, (tuple, list)) else out  # inception/googlenet: aux outputs
+        out.float().sum().backward()
+
+    model.train(train)
+    with torch.set_grad_enabled(train):
+        for _ in range(3):
+            step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
             for _ in range(forwards):
-                model(x)
+                step()
             torch.cuda.synchronize()
     rows = []
     for evt in prof.key_averages(group_by_input_shape=True):
@@ -72,8 +83,9 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--budget-s", type=float, default=240)
+    parser.add_argument("--train", action="store_true", help="training steps instead of forwards")
     args = parser.parse_args(argv)
-    path = os.path.join(args.out, f"op-breakdown-{args.dtype}.csv")
+    path = os.path.join(args.out, f"op-breakdown{'-train' if args.train else ''}-{args.dtype}.csv")
     t0 = time.monotonic()
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -84,7 +96,7 @@ def main(argv=None):
                     print("budget spent before", name, batch, flush=True)
                     return
                 try:
-                    rows = breakdown(name, batch, args.dtype)
+                    rows = breakdown(name, batch, args.dtype, train=args.train)
                 except Exception as e:  # noqa: BLE001 - reported, the run goes on
                     print(f"{name} b{batch}: {type(e).__name__}: {e}", flush=True)
                     continue
@@ -92,7 +104,7 @@ def main(argv=None):
                 f.flush()
                 print(f"{name} b{batch} {args.dtype}: {len(rows)} op shapes, "
                       f"{sum(r['calls_per_forward'] * r['self_device_us_per_call'] for r in rows) / 1e3:.3f} ms "
-                      f"device time a forward", flush=True)
+                      f"device time a {'training step' if args.train else 'forward'}", flush=True)
 
 
 if __name__ == "__main__":
