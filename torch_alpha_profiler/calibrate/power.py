@@ -15,15 +15,13 @@ taken, with ``watts`` and ``energy_mj`` (per call), and are fitted in energy.py.
 """
 from __future__ import annotations
 
-import csv
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .measure import Progress, RESULT_COLUMNS, build_layer, run_rows
-from .train import TRAIN_KEY_COLUMNS
+from .train import done_keys, row_key
 
 ENERGY_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(
     c for c in RESULT_COLUMNS if c not in ("status", "iqr_ms", "energy_mj")) + (
@@ -70,33 +68,11 @@ class PowerMeter:
     def _cuda_runner(self, fn, chunk_ms):
         import torch
 
-        from .timers import CudaGraphTimer
+        from .timers import graph_of, replay_ms
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = CudaGraphTimer._capture(fn, 1)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        one_ms = max(start.elapsed_time(end) / 5, 1e-4)
-        inner = int(min(64, max(1, self.replay_ms // one_ms)))
-        if inner > 1:
-            del graph
-            graph = CudaGraphTimer._capture(fn, inner)
-        start.record()
-        for _ in range(10):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        replay_ms = max(start.elapsed_time(end) / 10, 1e-4)
-        replays = int(max(1, -(-chunk_ms // replay_ms)))
+        graph, inner, _ = graph_of(fn, self.replay_ms)
+        one_replay_ms = replay_ms(graph, 10)
+        replays = int(max(1, -(-chunk_ms // one_replay_ms)))
 
         def chunk():
             for _ in range(replays):
@@ -105,7 +81,7 @@ class PowerMeter:
             event.record()
             return event, replays * inner
 
-        return chunk, torch.cuda.Event, replay_ms / inner
+        return chunk, torch.cuda.Event, one_replay_ms / inner
 
     def _cpu_runner(self, fn, chunk_ms):
         fn()
@@ -196,12 +172,7 @@ def measure_energy(plan: Sequence[Dict[str, str]], out_csv: str, meter: PowerMet
     from .opplan import builder
     from .train import layer_step, op_step
 
-    key_cols = TRAIN_KEY_COLUMNS
-    done = set()
-    if resume and os.path.exists(out_csv):
-        with open(out_csv, newline="") as f:
-            done = {",".join(r.get(c, "") for c in key_cols) for r in csv.DictReader(f)
-                    if r.get("status") in ("ok", "oom")}
+    done = done_keys(out_csv) if resume else set()
     dt = getattr(torch, dtype)
 
     def time_row(i, r):
@@ -230,5 +201,5 @@ def measure_energy(plan: Sequence[Dict[str, str]], out_csv: str, meter: PowerMet
                 "window_s": f"{reading.window_s:.4g}", "counter_steps": str(reading.steps),
                 "busy": f"{reading.busy:.3f}"}
 
-    return run_rows(plan, out_csv, ENERGY_COLUMNS, lambda r: ",".join(r.get(c, "") for c in key_cols) in done,
+    return run_rows(plan, out_csv, ENERGY_COLUMNS, lambda r: row_key(r) in done,
                     time_row, dict(dtype=dtype), device, resume, progress)

@@ -97,24 +97,8 @@ class CudaGraphTimer:
     def measure(self, fn: Callable[[], object]) -> Measurement:
         import torch
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
+        graph, inner, one_ms = graph_of(fn, self.target_replay_ms, self.max_inner, self.warmup)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        graph = self._capture(fn, 1)
-        start.record()
-        for _ in range(5):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        one_ms = max(start.elapsed_time(end) / 5, 1e-4)
-        inner = int(min(self.max_inner, max(1, self.target_replay_ms // one_ms)))
-        if inner > 1:
-            del graph
-            graph = self._capture(fn, inner)
         torch.cuda.synchronize()
         replays = int(max(self.min_replays, min(500, self.target_block_ms // (one_ms * inner))))
         samples = []
@@ -127,3 +111,37 @@ class CudaGraphTimer:
             samples.append(start.elapsed_time(end) / (replays * inner))
         del graph
         return Measurement(tuple(samples), replays * inner)
+
+
+def replay_ms(graph, replays: int = 5) -> float:
+    """Milliseconds per replay of ``graph``, ``replays`` back to back (CUDA events)."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return max(start.elapsed_time(end) / replays, 1e-4)
+
+
+def graph_of(fn: Callable[[], object], target_replay_ms: float, max_inner: int = 64, warmup: int = 3):
+    """(graph, inner, one_ms): ``fn`` warmed up on a side stream, then captured ``inner`` times in
+    one CUDA graph so that a replay lasts about ``target_replay_ms``; ``one_ms`` is the time of one
+    call from replays of a one-call graph (an upper bound: it includes the gaps between replays)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = CudaGraphTimer._capture(fn, 1)
+    one_ms = replay_ms(graph)
+    inner = int(min(max_inner, max(1, target_replay_ms // one_ms)))
+    if inner > 1:
+        del graph
+        graph = CudaGraphTimer._capture(fn, inner)
+    return graph, inner, one_ms

@@ -30,6 +30,19 @@ TRAIN_KEY_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3", "kind", "N", "Cin",
 TRAIN_OP_KINDS = tuple(k for k in KINDS if not k.endswith("_"))
 
 
+def row_key(r: Dict[str, str]) -> str:
+    """A training or energy row's identity (TRAIN_KEY_COLUMNS)."""
+    return ",".join(r.get(c, "") for c in TRAIN_KEY_COLUMNS)
+
+
+def done_keys(path: str) -> set:
+    """Keys of the rows of ``path`` already measured (ok, or out of memory): a resumed run skips them."""
+    if not os.path.exists(path):
+        return set()
+    with open(path, newline="") as f:
+        return {row_key(r) for r in csv.DictReader(f) if r.get("status") in ("ok", "oom")}
+
+
 def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
                layer_every: int = 8, op_every: int = 2, no_input_grad_every: int = 3,
                nhwc_plan: Sequence[Dict[str, str]] = (), nhwc_every: int = 3) -> List[Dict[str, str]]:
@@ -103,12 +116,7 @@ def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "c
 
     if timer is None:
         timer = CudaGraphTimer() if device.startswith("cuda") else CpuTimer()
-    key_cols = TRAIN_KEY_COLUMNS
-    done = set()
-    if resume and os.path.exists(out_csv):
-        with open(out_csv, newline="") as f:
-            done = {",".join(r.get(c, "") for c in key_cols) for r in csv.DictReader(f)
-                    if r.get("status") in ("ok", "oom")}
+    done = done_keys(out_csv) if resume else set()
 
     def time_row(i, r):
         if r["source"] == "layer":
@@ -117,5 +125,5 @@ def measure_train(plan: Sequence[Dict[str, str]], out_csv: str, device: str = "c
             cls, step = op_step(r, device, dtype)
         return dict(timing_fields(timer.measure(step)), cls=cls)
 
-    return run_rows(plan, out_csv, TRAIN_COLUMNS, lambda r: ",".join(r.get(c, "") for c in key_cols) in done,
+    return run_rows(plan, out_csv, TRAIN_COLUMNS, lambda r: row_key(r) in done,
                     time_row, dict(dtype=dtype), device, resume, progress)
