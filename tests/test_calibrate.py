@@ -331,3 +331,6 @@ def test_calibrate_from_python_saves_raw_then_profile_and_refuses_to_overwrite(t
     with pytest.raises(FileExistsError):
         calibrate(prefix, device="cpu", family="paper", scale=0)
     assert (tmp_path / "cpu-prof.csv").read_text() == before  # refused before measuring anything
+    # an --out in a folder that does not exist yet: the folder is made
+    calibrate(str(tmp_path / "new" / "dir" / "p"), device="cpu", family="paper", scale=0, ops=False)
+    assert (tmp_path / "new" / "dir" / "p.json").exists()

@@ -51,6 +51,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for, but no CUDA device is available")
     profile_path = out_prefix + ".json"
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)  # --out in a new folder
     if os.path.exists(profile_path) and not overwrite:
         raise FileExistsError(f"{profile_path} exists; pass overwrite=True (CLI: --force) to replace it")
     seconds = {}
