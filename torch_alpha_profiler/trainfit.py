@@ -51,14 +51,33 @@ def op_key(r: Mapping[str, str]) -> tuple:
 
 def join_op_rows(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, str]]) -> List[Dict[str, str]]:
     """``rows`` (op kinds and sizes, a time) with the forward op row's class, bytes and matrix
-    geometry (the op calibration rows, opmeasure.OP_RESULT_COLUMNS); rows with no match are left out."""
+    geometry (the op calibration rows, opmeasure.OP_RESULT_COLUMNS); a row with no forward row
+    (the training plan's own sizes) gets them from its op run on meta tensors."""
     features = {op_key(r): r for r in op_rows if r.get("status", "ok") == "ok" and r.get("cls")}
     out = []
     for r in rows:
-        f = features.get(op_key(r))
+        f = features.get(op_key(r)) or _meta_features(r)
         if f is not None:
             out.append(dict(f, **{k: r[k] for k in ("time_ms",) + tuple(k for k in ("energy_mj", "watts") if k in r)}))
     return out
+
+
+def _meta_features(r: Mapping[str, str]) -> Optional[Dict[str, str]]:
+    """Class, bytes and geometry of an op-plan row from its op run on meta tensors (as captured in
+    calibration, opmeasure.captured_features); None for a kind this version does not know."""
+    import torch
+
+    from .calibrate.opmeasure import captured_features
+    from .calibrate.opplan import builder
+
+    try:
+        _, build = builder(r["op"])
+        fn = build(tuple(int(r[f"d{j}"]) for j in range(4)), "meta", getattr(torch, r.get("dtype") or "float32"))
+    except (KeyError, ValueError, AttributeError):
+        return None
+    with torch.no_grad():
+        features = captured_features(fn)
+    return dict(features, op=r["op"], **{f"d{j}": r[f"d{j}"] for j in range(4)}) if features["cls"] else None
 
 
 def no_input_grad_ratio(rows: Sequence[Mapping[str, str]]) -> Optional[float]:

@@ -45,16 +45,19 @@ def done_keys(path: str) -> set:
 
 def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
                layer_every: int = 8, op_every: int = 2, no_input_grad_every: int = 3,
-               nhwc_plan: Sequence[Dict[str, str]] = (), nhwc_every: int = 3) -> List[Dict[str, str]]:
+               nhwc_plan: Sequence[Dict[str, str]] = (), nhwc_every: int = 3,
+               extra_ops: Sequence[Dict[str, str]] = ()) -> List[Dict[str, str]]:
     """Every ``layer_every``-th layer row and every ``op_every``-th op row of a trainable kind;
     every ``no_input_grad_every``-th of those layer rows again with an input that needs no
     gradient (``input_grad`` 0: a network's first layer, which computes no grad-input); and
-    every ``nhwc_every``-th row of ``nhwc_plan`` (channels-last convolutions, plan.channels_last_plan)."""
+    every ``nhwc_every``-th row of ``nhwc_plan`` (channels-last convolutions, plan.channels_last_plan);
+    and every op row of ``extra_ops`` (opplan.norm_train_rows: batch norms at networks' shapes)."""
     layers = [dict(r, source="layer", input_grad="1") for r in layer_plan[::layer_every]]
     rows = layers + [dict(r, input_grad="0") for r in layers[::no_input_grad_every]]
     ops = [r for r in op_plan if r["op"] in TRAIN_OP_KINDS]
     rows += [dict(r, source="op", kind="", input_grad="1") for r in ops[::op_every]]
     rows += [dict(r, source="layer", input_grad="1") for r in nhwc_plan[::nhwc_every]]
+    rows += [dict(r, source="op", kind="", input_grad="1") for r in extra_ops]
     return rows
 
 
