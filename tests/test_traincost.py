@@ -206,9 +206,14 @@ def test_join_op_rows_takes_class_bytes_and_geometry_from_the_op_rows():
     rows = [{"op": "bmm", "d0": "2", "d1": "3", "d2": "4", "d3": "5", "time_ms": "1.5", "energy_mj": "2"},
             {"op": "add", "d0": "8", "d1": "1", "d2": "1", "d3": "1", "time_ms": "0.3"},  # its op row failed
             {"op": "bmm", "d0": "9", "d1": "3", "d2": "4", "d3": "5", "time_ms": "0.3"}]  # no op row
-    (joined,) = join_op_rows(rows, op_rows)
+    joined, failed, meta = join_op_rows(rows, op_rows)
     assert joined["cls"] == "matmul" and joined["m"] == "3" and joined["nbytes"] == "100"
     assert joined["time_ms"] == "1.5" and joined["energy_mj"] == "2"  # the step's own time and energy
+    # rows without a usable forward row take their features from the op run on meta tensors
+    assert failed["cls"] == "elementwise" and failed["nbytes"] == str(3 * 8 * 4) and failed["time_ms"] == "0.3"
+    assert (meta["cls"], meta["batch"], meta["m"], meta["k"], meta["n"]) == ("matmul", "9", "3", "4", "5")
+    assert join_op_rows([{"op": "no_such_kind", "d0": "1", "d1": "1", "d2": "1", "d3": "1", "time_ms": "1"}],
+                        op_rows) == []
 
 
 @pytest.mark.parametrize("bad,field", [({"no_input_grad_ratio": 0.5}, "train"),
