@@ -252,10 +252,11 @@ def cmd_report(args):
              "replays, median of 5 blocks):", "",
              "- `calib-DTYPE.csv` (+ `-ops.csv`, `-host.csv`, `-nhwc.csv`, `-train.csv`, `-energy.csv`): the "
              "calibration (`alpha-profiler calibrate --train --energy`, plan v2, 3,262 layers, 416 other "
-             "operations, host costs, 289 channels-last layers, 819 training steps, 282 power measurements), "
+             "operations, host costs, 289 channels-last layers, 858 training steps, 287 power measurements), "
              "run by `bash benchmarks/gpu_campaign_energy.sh DTYPE` (logs `gpu-campaign-energy-DTYPE.log`; "
              "the training steps and the energy stage were re-measured after two fixes, `-rerun.log`, and the "
-             "channels-last training rows added, `-rerun2.log`: `earlier-runs/run6-*/README.md`); the shipped "
+             "channels-last training rows added, `-rerun2.log`, then batch norms at networks' shapes, `-rerun3.log`: "
+             "`earlier-runs/run6-*/README.md`); the shipped "
              "profiles are fitted "
              "on it. `previous/` keeps the layer calibration of an earlier campaign (plan v2 too, log "
              "`calibration-plan2.log`), `earlier-runs/` the whole-model and host times of four earlier runs "
@@ -658,11 +659,11 @@ ENERGY_MISSES = """### Energy and training steps: where the prediction still mis
   Small, many-kernel models (MobileNets, MnasNet, ShuffleNet, SqueezeNet, RegNet-400MF) and
   Inception are underpredicted by a fifth to a third, most in bf16. The per-operator breakdown
   above says where: batch norm's training step (forward on batch statistics and backward) is up
-  to half of these models' step and is predicted at 0.4-0.55 of its time, while in the big
-  ResNets it is about right. The calibration's batch-norm training rows (ten per dtype) do not
-  cover the narrow-spatial, wide-channel shapes of these networks; and the layers' steps are
-  overpredicted in resnext50_32x4d and resnet50 (1.4-2.2 times). Both point at the training
-  plan's coverage first. In bf16, even the forward-proportional baseline (k x
+  to half of these models' step and is predicted at well under its time (table above), while in the big
+  ResNets it is about right. The training plan now has batch norms at networks' shapes (39 rows
+  per dtype, `opplan.norm_train_rows`), which moved the whole-step errors little; the layers'
+  steps are overpredicted in resnext50_32x4d and resnet50 (1.4-2.2 times). We think the
+  training plan's coverage of the layers is the next thing to fix. In bf16, even the forward-proportional baseline (k x
   measured forward, which uses the measurements) is closer (12.8%).
 - Training-step energy (one constant power per dtype times the predicted step time, the form
   the calibration's cross-validation chose) follows the step time's errors.
