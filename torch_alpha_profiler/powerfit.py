@@ -19,7 +19,8 @@ from .trainfit import join_op_rows, layer_rows_table
 MIN_BUSY = 0.9
 
 
-def energy_features(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, str]], family: str):
+def energy_features(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, str]], family: str,
+                    source: str = "energy rows"):
     """(classes, ms, flops, bytes, joules) of energy rows: layer rows first, then op rows."""
     from .families import get_family
     from .opfit import matrix_pieces_of
@@ -29,7 +30,7 @@ def energy_features(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping
     layers = [r for r in rows if r["source"].endswith("layer")]
     classes, ms, flops, nbytes, joules = [], [], [], [], []
     if layers:
-        arrays = layer_rows_table(layers, "energy rows").arrays
+        arrays = layer_rows_table(layers, source).arrays
         classes += [fam.classes[c] for c in fam.classify(arrays)]
         flops += (2.0 * arrays.macs).tolist()
         nbytes += arrays.nbytes.astype(np.float64).tolist()
@@ -59,7 +60,8 @@ def fit_power(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, 
     rows = [r for r in rows if _usable(r)]
     power: Dict[str, object] = {"idle_w": idle_w, "source": source}
     for phase, sources in (("forward", ("layer", "op")), ("train", ("train_layer", "train_op"))):
-        features = energy_features([r for r in rows if r["source"] in sources], op_rows, family)
+        features = energy_features([r for r in rows if r["source"] in sources], op_rows, family,
+                                   source or "energy rows")
         if len(features[1]) >= 8:  # rows whose op has no forward op row are left out first
             power[phase] = fit_energy(*features)
     if "forward" not in power:

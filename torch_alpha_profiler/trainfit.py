@@ -39,10 +39,15 @@ def _ok(r: Mapping[str, str]) -> bool:
 
 def layer_rows_table(rows: Sequence[Mapping[str, str]], source: str, time_key: str = "time_ms") -> LayerTable:
     """Layer-plan rows (dicts of strings) as a layer table, ``time_key`` as its time_ms."""
+    from .tables import LayerTableError
+
     lines = [",".join(LAYER_COLUMNS)]
     for r in rows:
         lines.append(",".join(r[time_key] if c == "time_ms" else r.get(c, "") for c in LAYER_COLUMNS))
-    return parse_layer_table("\n".join(lines) + "\n", source)
+    try:
+        return parse_layer_table("\n".join(lines) + "\n", source)
+    except LayerTableError as e:
+        raise LayerTableError(f"{e} (line numbers count the header and the measured layer rows only)") from None
 
 
 def op_key(r: Mapping[str, str]) -> tuple:
