@@ -345,15 +345,21 @@ def _check_required(header: List[str], source: str) -> None:
                               f"(header is {','.join(header)})")
 
 
+def _categorical(cols, name: str, allowed, expected: str, source: str):
+    """(distinct values, index per row) of column ``name``; a value not in ``allowed`` is an error
+    naming its first line and what was ``expected``."""
+    distinct, index = cols.categories(name)
+    bad = sorted(set(distinct) - set(allowed))
+    if bad:
+        i = int(np.flatnonzero(index == distinct.index(bad[0]))[0])
+        raise LayerTableError(f"{source} line {i + 2}: column '{name}' must be {expected}, got {bad[0]!r}")
+    return distinct, index
+
+
 def _parse(text: str, data: bytes, source: str) -> LayerTable:
     cols = _ByteColumns.from_bytes(data, text, source) or _TextColumns.from_text(text, source)
     n, source = cols.n, cols.source
-    distinct, kind = cols.categories("kind")
-    bad = sorted(set(distinct) - set(KINDS))
-    if bad:
-        i = int(np.flatnonzero(kind == distinct.index(bad[0]))[0])
-        raise LayerTableError(f"{source} line {i + 2}: column 'kind' must be one of "
-                              f"{', '.join(KINDS)}, got {bad[0]!r}")
+    distinct, kind = _categorical(cols, "kind", KINDS, f"one of {', '.join(KINDS)}", source)
     is_linear = (kind == distinct.index("Linear")) if "Linear" in distinct else np.zeros(n, bool)
     N = cols.ints("N")
     Cin = cols.ints("Cin")
@@ -405,12 +411,8 @@ def _parse(text: str, data: bytes, source: str) -> LayerTable:
         raise LayerTableError(f"{source} line {i + 2}: the layer's multiply-accumulates overflow 64-bit "
                               "integers; check its sizes")
     if "layout" in cols.columns:
-        distinct, index = cols.categories("layout")
-        bad = sorted(set(distinct) - set(LAYOUTS))
-        if bad:
-            i = int(np.flatnonzero(index == distinct.index(bad[0]))[0])
-            raise LayerTableError(f"{source} line {i + 2}: column 'layout' must be empty or one of "
-                                  f"{', '.join(v for v in LAYOUTS if v)}, got {bad[0]!r}")
+        distinct, index = _categorical(cols, "layout", LAYOUTS,
+                                       f"empty or one of {', '.join(v for v in LAYOUTS if v)}", source)
         nhwc = np.asarray([LAYOUTS[v] for v in distinct], dtype=bool)[index] & ~is_linear
         arrays = dataclasses.replace(arrays, channels_last=nhwc)
     time_ms = cols.floats("time_ms") if "time_ms" in cols.columns else None
