@@ -82,6 +82,9 @@ class AlphaProfiler:
         self._ops_costed: Optional[List[OpRecord]] = None
         self._grad_sums: list = []  # gradient additions of the backward (traincost.gradient_sums)
         self._trained = False  # the forward ran with autograd on (a training step's forward)
+        # training-step costs, computed once per number of records: (records seen, costed copies)
+        self._train_costed: Optional[tuple] = None
+        self._train_ops_costed: Optional[tuple] = None
 
     # ------------------------------------------------------------------ hooks
     def __enter__(self) -> "AlphaProfiler":
@@ -315,17 +318,23 @@ class AlphaProfiler:
         energy_j); the profile must have training classes ('train')."""
         from .traincost import attach_train_costs
 
-        return attach_train_costs(self._recorded(), self.profile)
+        raw = self._recorded()
+        if self._train_costed is None or self._train_costed[0] != len(raw):
+            self._train_costed = (len(raw), attach_train_costs(raw, self.profile))
+        return list(self._train_costed[1])
 
     def train_ops(self) -> List[OpRecord]:
         """The other operations costed as training steps (forward + backward)."""
         from .opcost import attach_op_costs
         from .traincost import training_view
 
-        view = training_view(self.profile)
-        if view is None:
-            raise ValueError(f"profile {self.profile.name!r} has no training-step classes ('train')")
-        return attach_op_costs(self._recorded_ops(), view)
+        raw = self._recorded_ops()
+        if self._train_ops_costed is None or self._train_ops_costed[0] != len(raw):
+            view = training_view(self.profile)
+            if view is None:
+                raise ValueError(f"profile {self.profile.name!r} has no training-step classes ('train')")
+            self._train_ops_costed = (len(raw), attach_op_costs(raw, view))
+        return list(self._train_ops_costed[1])
 
     @property
     def train_step_ms(self) -> Optional[float]:
