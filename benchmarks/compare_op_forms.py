@@ -127,7 +127,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     lines = ["# Choosing the forms of the op classes and of the channels-last refit", "",
              "Made by `python benchmarks/compare_op_forms.py` from `benchmarks/data/calib-DTYPE-ops.csv` and "
-             "`calib-DTYPE-nhwc.csv` (H100, `bash benchmarks/gpu_campaign_ops.sh`). 5-fold cross-validation: "
+             "`calib-DTYPE-nhwc.csv` (H100, `bash benchmarks/gpu_campaign_energy.sh`). 5-fold cross-validation: "
              "each calibration row is predicted by a fit that did not see it. An effect stays when switching "
              "it off raises the CV MAPE by at least 0.5 points in at least one dtype.", ""]
     for dtype in args.dtypes:
