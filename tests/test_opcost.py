@@ -87,6 +87,46 @@ def test_stream_ms_is_vectorized():
     assert [float(stream_ms(np.array([b]), p)[0]) for b in NBYTES[::40]] == pytest.approx(ms[::40].tolist(), rel=1e-15)
 
 
+def test_outer_axis_slows_few_reductions_and_fades_for_many():
+    p = stream_params(t0_ms=0.0, g=0.0, l2_ratio=1.0, g_inner=0.0, h_outer=200.0, g_outer=1.0)
+    nbytes = np.full(4, 1e8)
+    ms = stream_ms(nbytes, p, outer=np.array([16.0, 200.0, 1e6, 0.0]))
+    base = 1e8 / (p["bw_gb_per_s"] * 1e6)
+    # (1 + h / C): 16 channels take 13.5x the bandwidth time, 200 channels 2x, very many 1x;
+    # outer 0 (an op without the axis) and a profile without the term are not slowed
+    assert ms.tolist() == pytest.approx([base * 13.5, base * 2.0, base * (1 + 2e-4), base], rel=1e-9)
+    old = {k: v for k, v in p.items() if k not in ("h_outer", "g_outer")}
+    assert stream_ms(nbytes, old, outer=np.array([16.0] * 4)).tolist() == pytest.approx([base] * 4, rel=1e-12)
+
+
+def test_batch_norm_records_its_channels_as_the_outer_axis():
+    model = nn.Sequential(nn.BatchNorm2d(24), nn.ReLU())
+    with AlphaProfiler(model, profile=op_profile(), scope="model") as prof:
+        model(torch.randn(2, 24, 5, 5))
+    pieces = {r.op.split(".")[0]: r.pieces[0] for r in prof.ops}
+    bn = [p for name, p in pieces.items() if "batch_norm" in name]
+    assert bn and bn[0].outer == 24 and bn[0].inner == 25
+    assert all(p.outer == 0 for name, p in pieces.items() if "batch_norm" not in name)
+
+
+def test_fit_ops_fits_the_outer_axis_only_for_the_operators_asked():
+    from torch_alpha_profiler.opfit import fit_ops
+
+    truth = stream_params(t0_ms=0.004, bw_gb_per_s=2500.0, g=0.0, h_bytes=1.0, l2_ratio=1.0, g_inner=0.0,
+                          h_outer=150.0, g_outer=1.0)
+    rows = []
+    for n, c, hw in itertools.product((8, 32), (16, 32, 64, 128, 256, 512, 1024), (14, 28, 56, 112)):
+        nbytes = 2 * n * c * hw * hw * 4
+        ms = float(stream_ms(np.array([nbytes]), truth, outer=np.array([c]))[0])
+        rows.append({"sweep": "t", "op": "batch_norm", "d0": str(n), "d1": str(c), "d2": str(hw), "d3": str(hw),
+                     "cls": "norm", "ops": "native_batch_norm", "operator": "batch_norm", "nbytes": str(nbytes),
+                     "inner": str(hw * hw), "time_ms": repr(ms), "status": "ok"})
+    fitted = fit_ops(rows, outer_ops=("batch_norm",))["operators"]["batch_norm"]
+    assert fitted["g_outer"] > 0.5 and 50 < fitted["h_outer"] ** fitted["g_outer"] < 500
+    plain = fit_ops(rows)["operators"]["batch_norm"]  # forward fits: no outer term
+    assert (plain["h_outer"], plain["g_outer"]) == (1.0, 0.0)
+
+
 # ------------------------------------------------------------------ linear
 @pytest.mark.parametrize("name,itemsize", [("h100-fp32", 4), ("h100-bf16", 2), ("t2000-paper", 4)])
 def test_linear_piece_costs_what_a_linear_layer_costs(name, itemsize):

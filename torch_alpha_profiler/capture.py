@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .ops import MATRIX_CLASSES, OpRecord, Piece, TensorMeta, canonical, inner_size, matrix_flops, \
+from .ops import MATRIX_CLASSES, OpRecord, Piece, TensorMeta, canonical, inner_size, outer_size, matrix_flops, \
     matrix_pieces, op_class, stream_bytes
 
 _CLASS_CACHE: Dict[object, Tuple[str, Optional[str]]] = {}
@@ -129,7 +129,8 @@ def to_records(calls) -> List[OpRecord]:
         if not pieces:
             item = outputs[0].itemsize if outputs else (inputs[0].itemsize if inputs else 4)
             pieces = (Piece(cls, nbytes=nbytes, itemsize=item, op=opname,
-                            inner=inner_size(opname, inputs[0].shape if inputs else ())),)
+                            inner=inner_size(opname, inputs[0].shape if inputs else ()),
+                            outer=outer_size(opname, inputs[0].shape if inputs else ())),)
         dtype = (inputs[0] if inputs else outputs[0]).dtype if (inputs or outputs) else "float32"
         records.append(OpRecord(
             name=name, module_type=mtype, op=op, op_class=cls,

@@ -4,6 +4,7 @@
   else per class::
 
       ms = t0 + bytes / bw x (1 + h / bytes) ** g x L2(bytes) x (1 + h_inner / inner) ** g_inner
+                                                           x (1 + h_outer / outer) ** g_outer
       L2(bytes) = r + (1 - r) x s,   s = bytes^4 / (bytes^4 + l2_bytes^4)
 
   a per-call floor ``t0``; the DRAM bandwidth ``bw`` that large operations
@@ -14,7 +15,12 @@
   as a network re-reads what the previous kernel just wrote); and, for
   normalizations and softmax, a saturation on the length of the rows they
   reduce over (``inner``: H x W for batch norm, the last dimension for layer
-  norm and softmax), where short rows leave threads idle.
+  norm and softmax), where short rows leave threads idle; and, for batch norm,
+  a saturation on the number of reductions that run side by side (``outer``:
+  its channels). In training, batch norm reduces each channel over N x H x W;
+  with few channels, few multiprocessors work (a 16-channel 112 x 112 batch
+  norm at batch 32 moves a tenth of the bytes of a 256-channel one, and takes
+  half its time).
 * ``linear`` pieces (``F.linear``, ``mm``) are costed as Linear layers by the
   profile's layer family, so every profile can cost them.
 * ``matmul`` (batched products) and ``attention`` use the axes family's form
@@ -35,25 +41,29 @@ from .families import AxesFamily, Bound
 from .layers import make_arrays
 from .ops import STREAM_CLASSES, OpRecord, Piece
 
-STREAM_PARAMS = ("t0_ms", "bw_gb_per_s", "h_bytes", "g", "l2_ratio", "h_inner", "g_inner")
+STREAM_PARAMS = ("t0_ms", "bw_gb_per_s", "h_bytes", "g", "l2_ratio", "h_inner", "g_inner", "h_outer", "g_outer")
 STREAM_BOUNDS = {"t0_ms": Bound(2e-3, 1e-5, 1.0, log=True),
                  "bw_gb_per_s": Bound(2000.0, 1.0, 1e5, log=True),
                  "h_bytes": Bound(1e5, 1.0, 1e10, log=True),
                  "g": Bound(0.5, 0.0, 1.0),  # above 1, fewer bytes would cost more
                  "l2_ratio": Bound(0.6, 0.1, 1.0),
                  "h_inner": Bound(8.0, 1e-3, 1e6, log=True),
-                 "g_inner": Bound(0.5, 0.0, 2.0)}
-# no L2 or inner-axis effect: what the parameters are pinned to where they are not fitted
-STREAM_NEUTRAL = {"l2_ratio": 1.0, "h_inner": 1.0, "g_inner": 0.0}
+                 "g_inner": Bound(0.5, 0.0, 2.0),
+                 "h_outer": Bound(8.0, 1e-3, 1e6, log=True),
+                 "g_outer": Bound(0.5, 0.0, 2.0)}
+# no L2, inner- or outer-axis effect: what the parameters are pinned to where they are not fitted
+# (profiles written before the outer axis existed lack h_outer and g_outer: the same)
+STREAM_NEUTRAL = {"l2_ratio": 1.0, "h_inner": 1.0, "g_inner": 0.0, "h_outer": 1.0, "g_outer": 0.0}
 # the shipped form leaves the bytes-axis saturation out (h_bytes, g): it did not lower the
 # cross-validated error (docs/forms-ops.md); the parameters stay in the format, pinned
 STREAM_PINNED = {"h_bytes": 1.0, "g": 0.0}
 L2_BYTES = 50 * 2 ** 20  # an H100's L2 cache (torch.cuda.get_device_properties().L2_cache_size)
 
 
-def stream_ms(nbytes, p: Mapping[str, float], inner=None, l2_bytes: float = L2_BYTES) -> np.ndarray:
+def stream_ms(nbytes, p: Mapping[str, float], inner=None, l2_bytes: float = L2_BYTES, outer=None) -> np.ndarray:
     """Time of memory-bound operations moving ``nbytes`` each (reduced rows of ``inner``
-    elements; None or 0: no inner axis), under stream parameters ``p``."""
+    elements, ``outer`` independent reductions; None or 0: no such axis), under stream
+    parameters ``p``."""
     b = np.maximum(np.asarray(nbytes, dtype=np.float64), 1.0)
     s = b ** 4 / (b ** 4 + float(l2_bytes) ** 4)
     r = float(p.get("l2_ratio", 1.0))
@@ -61,6 +71,10 @@ def stream_ms(nbytes, p: Mapping[str, float], inner=None, l2_bytes: float = L2_B
     if inner is not None and float(p.get("g_inner", 0.0)) != 0.0:
         x = np.asarray(inner, dtype=np.float64)
         factor = (1.0 + float(p["h_inner"]) / np.maximum(x, 1.0)) ** float(p["g_inner"])
+        ms = ms * np.where(x > 0, factor, 1.0)
+    if outer is not None and float(p.get("g_outer", 0.0)) != 0.0:
+        x = np.asarray(outer, dtype=np.float64)
+        factor = (1.0 + float(p["h_outer"]) / np.maximum(x, 1.0)) ** float(p["g_outer"])
         ms = ms * np.where(x > 0, factor, 1.0)
     return float(p["t0_ms"]) + ms
 
@@ -130,7 +144,7 @@ def pieces_ms(pieces: Sequence[Piece], profile) -> np.ndarray:
             for key, rows in groups.items():
                 params = operators[key] if key else classes[cls]
                 out[rows] = stream_ms([pieces[i].nbytes for i in rows], params,
-                                      [pieces[i].inner for i in rows], l2)
+                                      [pieces[i].inner for i in rows], l2, [pieces[i].outer for i in rows])
     return out
 
 

@@ -4,8 +4,10 @@
   operator (its rows), and for each class (all its rows: the fallback for
   operators not calibrated), by least squares on the log ratio of predicted to
   measured time (Huber loss, scale 0.3, as the layer family). The inner-axis
-  term is fitted only for the operators of ops.INNER_RULES; class-level fits
-  leave it out.
+  term is fitted only for the operators of ops.INNER_RULES, the outer-axis term
+  only for those of ops.OUTER_RULES and only on training steps (batch norm
+  reduces per channel only on batch statistics; on forward rows the term did
+  not lower the cross-validated error); class-level fits leave both out.
 * ``matmul`` and ``attention``: the axes form (opcost.MatrixFamily), fitted
   with the layer fitter.
 * Host: the CPU's cost of one eager launch per host class (median over the
@@ -21,7 +23,7 @@ import numpy as np
 
 from .opcost import L2_BYTES, MATRIX, STREAM_BOUNDS, STREAM_NEUTRAL, STREAM_PARAMS, STREAM_PINNED, matrix_arrays, \
     stream_ms
-from .ops import HOST_CLASSES, INNER_RULES, STREAM_CLASSES, Piece, canonical, inner_size
+from .ops import HOST_CLASSES, INNER_RULES, STREAM_CLASSES, Piece, canonical, inner_size, outer_size
 
 MIN_OPERATOR_ROWS = 8  # an operator with fewer calibration rows uses its class's parameters
 
@@ -39,15 +41,17 @@ def _ok_rows(rows: Sequence[Mapping[str, str]]) -> List[Mapping[str, str]]:
 
 
 def fit_stream_class(nbytes: np.ndarray, time_ms: np.ndarray, fixed: Optional[Mapping[str, float]] = None,
-                     inner: Optional[np.ndarray] = None, l2_bytes: float = L2_BYTES) -> Dict[str, float]:
+                     inner: Optional[np.ndarray] = None, l2_bytes: float = L2_BYTES,
+                     outer: Optional[np.ndarray] = None) -> Dict[str, float]:
     """Stream parameters for one class or operator (``fixed`` pins some, e.g. {'g': 0.0};
-    without ``inner`` the inner-axis term is pinned off)."""
+    without ``inner`` or ``outer`` that axis's term is pinned off)."""
     from scipy.optimize import least_squares
 
     fixed = dict(fixed or {})
-    if inner is None:
-        fixed.setdefault("h_inner", STREAM_NEUTRAL["h_inner"])
-        fixed.setdefault("g_inner", STREAM_NEUTRAL["g_inner"])
+    for axis, values in (("inner", inner), ("outer", outer)):
+        if values is None:
+            fixed.setdefault("h_" + axis, STREAM_NEUTRAL["h_" + axis])
+            fixed.setdefault("g_" + axis, STREAM_NEUTRAL["g_" + axis])
     names = [k for k in STREAM_PARAMS if k not in fixed]
     is_log = np.array([STREAM_BOUNDS[k].log for k in names])
 
@@ -60,7 +64,7 @@ def fit_stream_class(nbytes: np.ndarray, time_ms: np.ndarray, fixed: Optional[Ma
         return dict(fixed, **dict(zip(names, map(float, vals))))
 
     def residuals(x):
-        return np.log(stream_ms(nbytes, params(x), inner, l2_bytes) / time_ms)
+        return np.log(stream_ms(nbytes, params(x), inner, l2_bytes, outer) / time_ms)
 
     x0 = to_x([STREAM_BOUNDS[k].init for k in names])
     lo = to_x([STREAM_BOUNDS[k].lo for k in names])
@@ -91,10 +95,18 @@ def row_inner(r: Mapping[str, str]) -> int:
     return inner_size(row_operator(r), input_shape(r["op"], tuple(int(r[f"d{j}"]) for j in range(4))))
 
 
+def row_outer(r: Mapping[str, str]) -> int:
+    """The row's outer-axis size (independent reductions), from the kind's input shape."""
+    from .calibrate.opplan import input_shape
+
+    return outer_size(row_operator(r), input_shape(r["op"], tuple(int(r[f"d{j}"]) for j in range(4))))
+
+
 def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[str, float]] = STREAM_PINNED,
-            l2_bytes: float = L2_BYTES) -> Dict[str, object]:
+            l2_bytes: float = L2_BYTES, outer_ops: Sequence[str] = ()) -> Dict[str, object]:
     """The profile's 'ops' section from op-calibration rows (opmeasure.OP_RESULT_COLUMNS);
-    ``stream_fixed`` pins stream parameters (by default the shipped form's STREAM_PINNED)."""
+    ``stream_fixed`` pins stream parameters (by default the shipped form's STREAM_PINNED);
+    the operators in ``outer_ops`` (training fits: ops.OUTER_RULES) get the outer-axis term."""
     from .fit import fit_parameters, residual_stats
 
     rows = _ok_rows(rows)
@@ -109,15 +121,17 @@ def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[st
         ops["stream"][cls] = fit_stream_class(nbytes, t, stream_fixed, l2_bytes=l2_bytes)
         names = [row_operator(r) for r in sel]
         inner = np.array([row_inner(r) for r in sel], dtype=np.float64)
-        pred = np.array(stream_ms(nbytes, ops["stream"][cls], inner, l2_bytes))
+        outer = np.array([row_outer(r) for r in sel], dtype=np.float64)
+        pred = np.array(stream_ms(nbytes, ops["stream"][cls], inner, l2_bytes, outer))
         for op in sorted(set(names)):
             mask = np.array([n == op for n in names])
             if mask.sum() < MIN_OPERATOR_ROWS:
                 continue
             p = fit_stream_class(nbytes[mask], t[mask], stream_fixed,
-                                 inner[mask] if op in INNER_RULES else None, l2_bytes)
+                                 inner[mask] if op in INNER_RULES else None, l2_bytes,
+                                 outer[mask] if op in outer_ops else None)
             ops["operators"][op] = p
-            pred[mask] = stream_ms(nbytes[mask], p, inner[mask], l2_bytes)
+            pred[mask] = stream_ms(nbytes[mask], p, inner[mask], l2_bytes, outer[mask])
         stats[cls] = residual_stats(pred, t)
     for cls in ("matmul", "attention"):
         sel = [r for r in rows if r["cls"] == cls]

@@ -85,6 +85,10 @@ _ALIASES = {"cudnn_batch_norm": "batch_norm", "native_batch_norm": "batch_norm",
 # "spatial" = H x W of an N x C x H x W input, "last" = the last dimension
 INNER_RULES = {"batch_norm": "spatial", "layer_norm": "last", "group_norm": "spatial",
                "softmax": "last", "log_softmax": "last"}
+# operators that reduce each of ``outer`` slices independently ('outer' axis): batch norm's
+# statistics are one reduction per channel, over N x H x W, so few channels leave the GPU
+# part-idle however many bytes they move
+OUTER_RULES = {"batch_norm": "channels"}
 
 
 def canonical(packet: str) -> str:
@@ -103,6 +107,13 @@ def inner_size(op: str, shape: Shape) -> int:
     if rule == "last":
         return int(shape[-1])
     return _prod(shape[2:]) if len(shape) >= 3 else int(shape[-1])
+
+
+def outer_size(op: str, shape: Shape) -> int:
+    """The number of independent reductions of ``op`` (canonical name) on ``shape``; 0 if none."""
+    if OUTER_RULES.get(op) is None or len(shape) < 2:
+        return 0
+    return int(shape[1])
 
 
 # operators that only write their first argument (its old value is not read)
@@ -159,6 +170,7 @@ class Piece:
     itemsize: int = 4
     op: str = ""  # canonical operator name (stream pieces: per-operator parameters)
     inner: int = 0  # reduced-row length for operators in INNER_RULES, else 0
+    outer: int = 0  # independent reductions for operators in OUTER_RULES, else 0
 
 
 @dataclass(frozen=True)

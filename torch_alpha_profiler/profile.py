@@ -209,6 +209,8 @@ def _check_ops(ops, where: str) -> None:
             if not isinstance(p, Mapping):
                 raise ProfileError(f"{where}: field '{field}' must be an object")
             for key in STREAM_PARAMS:
+                if key in ("h_outer", "g_outer") and key not in p:
+                    continue  # written before the outer axis existed: costed as STREAM_NEUTRAL
                 v = _number(p, key, f"{where}: {field}")
                 box = STREAM_BOUNDS[key]
                 if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):

@@ -13,7 +13,9 @@ refitted on step times:
   gradient (a network's first layer: no grad-input product) to the full step,
   over the rows timed both ways;
 * ops: the op classes' forms (opcost.py) on step times, with the forward's
-  bytes and matrix geometry (joined from the op calibration rows) as the axes.
+  bytes and matrix geometry (joined from the op calibration rows) as the axes,
+  and for batch norm its channels as the outer axis (one reduction per channel
+  on batch statistics).
 
 The section is costed by :func:`training_view` (traincost.py), which swaps these
 parameters into a profile so that the forward's cost code costs training steps.
@@ -110,7 +112,10 @@ def fit_train(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, 
     if len(layers) < 8:
         raise ValueError(f"{source or 'training rows'}: {len(layers)} timed layer rows; at least 8 are needed")
     fitted = fit_profile(layer_rows_table(layers, source), family=family, name="train", keep_data=False)
-    ops = fit_ops(join_op_rows([r for r in rows if r.get("source") == "op"], op_rows), l2_bytes=l2_bytes)
+    from .ops import OUTER_RULES
+
+    ops = fit_ops(join_op_rows([r for r in rows if r.get("source") == "op"], op_rows), l2_bytes=l2_bytes,
+                  outer_ops=tuple(OUTER_RULES))
     ratio = no_input_grad_ratio(rows)
     section = {"parameters": fitted.parameters, "ops": ops,
                "no_input_grad_ratio": 1.0 if ratio is None else ratio,
