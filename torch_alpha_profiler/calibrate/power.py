@@ -151,7 +151,7 @@ class PowerMeter:
 
 def energy_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
                 train_rows: Sequence[Dict[str, str]], layer_every: int = 30, op_every: int = 6,
-                train_every: int = 8) -> List[Dict[str, str]]:
+                train_every: int = 40) -> List[Dict[str, str]]:
     """Every ``layer_every``-th forward layer row, ``op_every``-th op row (kernels only) and
     ``train_every``-th training row (train.train_plan), tagged by ``source``."""
     from .opplan import KINDS

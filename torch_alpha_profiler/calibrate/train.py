@@ -3,8 +3,8 @@
 A training step of a layer is its forward (train mode) and its backward: for a
 convolution, a grad-input and a grad-weight convolution; for Linear, two matrix
 products; for a memory-bound operation, its own backward kernel. Each plan row
-(an eighth of the Conv2d/Linear plan, a third of those again with an input that needs no
-gradient, half of the op plan's trainable kinds)
+(every Conv2d/Linear row of the plan, a third of them and those that take an image again with
+an input that needs no gradient, half of the op plan's trainable kinds)
 is timed with the same timer as the forward, with a fixed output gradient; the
 input's gradient is computed but not accumulated (it is an activation in a network),
 the parameters' gradients accumulate into ``.grad`` (as in a network's step); rows go to ``PREFIX-train.csv``
@@ -44,16 +44,24 @@ def done_keys(path: str) -> set:
 
 
 def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
-               layer_every: int = 8, op_every: int = 2, no_input_grad_every: int = 3,
+               layer_every: int = 1, op_every: int = 2, no_input_grad_share: float = 1 / 3,
                nhwc_plan: Sequence[Dict[str, str]] = (), nhwc_every: int = 3,
-               extra_ops: Sequence[Dict[str, str]] = ()) -> List[Dict[str, str]]:
-    """Every ``layer_every``-th layer row and every ``op_every``-th op row of a trainable kind;
-    every ``no_input_grad_every``-th of those layer rows again with an input that needs no
-    gradient (``input_grad`` 0: a network's first layer, which computes no grad-input); and
-    every ``nhwc_every``-th row of ``nhwc_plan`` (channels-last convolutions, plan.channels_last_plan);
-    and every op row of ``extra_ops`` (opplan.norm_train_rows: batch norms at networks' shapes)."""
+               extra_ops: Sequence[Dict[str, str]] = (), seed: int = 0) -> List[Dict[str, str]]:
+    """Every ``layer_every``-th layer row (by default all) and every ``op_every``-th op row of a
+    trainable kind; a seeded random ``no_input_grad_share`` of those layer rows, and every one
+    that takes 4 channels or fewer (an image), again with an input that needs no gradient
+    (``input_grad`` 0: a network's first layer, which computes no grad-input); every
+    ``nhwc_every``-th row of ``nhwc_plan`` (channels-last convolutions, plan.channels_last_plan);
+    and every op row of ``extra_ops`` (opplan.norm_train_rows: batch norms at networks' shapes).
+
+    The no-input-grad rows are drawn at random, not by a stride: the sweeps repeat with short
+    periods, and a stride keeps landing on the same stride or size."""
+    import random
+
     layers = [dict(r, source="layer", input_grad="1") for r in layer_plan[::layer_every]]
-    rows = layers + [dict(r, input_grad="0") for r in layers[::no_input_grad_every]]
+    drawn = set(random.Random(seed).sample(range(len(layers)), int(len(layers) * no_input_grad_share)))
+    rows = layers + [dict(r, input_grad="0") for i, r in enumerate(layers)
+                     if i in drawn or (r["kind"] != "Linear" and int(r["Cin"]) <= 4)]
     ops = [r for r in op_plan if r["op"] in TRAIN_OP_KINDS]
     rows += [dict(r, source="op", kind="", input_grad="1") for r in ops[::op_every]]
     rows += [dict(r, source="layer", input_grad="1") for r in nhwc_plan[::nhwc_every]]
