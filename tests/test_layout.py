@@ -220,6 +220,19 @@ def test_channels_last_plan_and_config_key():
     assert {config_key(x) for x in nhwc}.isdisjoint(config_key(x) for x in plan)
 
 
+def test_full_channels_last_plan_appends_depthwise_rows_as_networks_run_them():
+    plan = make_plan()
+    nhwc = channels_last_plan(plan)
+    convs = [r for r in plan if r["kind"] == "Conv2d"]
+    head = [dict(r, layout="nhwc") for r in convs[::10]]
+    assert nhwc[:len(head)] == head  # the every-tenth rows keep their places (calibrate resumes)
+    extra = nhwc[len(head):]
+    assert extra and all(r["sweep"] == "dw_nhwc" and r["layout"] == "nhwc" and r["groups"] == r["Cin"] == r["Cout"]
+                         for r in extra)
+    assert {"3", "5", "7"} == {r["K1"] for r in extra} and ("32", "96", "56") in {(r["N"], r["Cin"], r["H"]) for r in extra}
+    assert len({config_key(r) for r in nhwc}) == len(nhwc)
+
+
 def test_nhwc_rows_are_built_measured_and_read_back_channels_last(tmp_path):
     r = dict(row("s", N=1, Cin=8, Cout=8, H=8, W=8, K=3), layout="nhwc")
     layer, x = build_layer(r, "cpu", "float32")

@@ -150,6 +150,16 @@ def test_no_input_grad_ratio_is_the_median_over_paired_rows():
     assert no_input_grad_ratio([dict(rows[0], sweep="a"), dict(rows[1], sweep="b")]) == pytest.approx(0.5)
 
 
+def test_no_input_grad_ratio_prefers_layers_that_take_an_image():
+    rows = []
+    for i in range(8):  # 8 image-input pairs at 0.6, 8 others at 0.8
+        rows += [dict(_layer_row(3, 32 + i, 1, 1.0), kind="Conv2d"), dict(_layer_row(3, 32 + i, 1, 0.6, "0"), kind="Conv2d"),
+                 _layer_row(64, 32 + i, 1, 1.0), _layer_row(64, 32 + i, 1, 0.8, "0")]
+    assert no_input_grad_ratio(rows) == pytest.approx(0.6)
+    # fewer than min_pairs image pairs: the median over all pairs
+    assert no_input_grad_ratio(rows, min_pairs=9) == pytest.approx(0.7)
+
+
 def _rows(name):
     with open(os.path.join(DATA, name), newline="") as f:
         return list(csv.DictReader(f))

@@ -11,7 +11,9 @@ refitted on step times:
   parameters refitted on channels-last (NHWC) convolutions' step times;
 * ``no_input_grad_ratio``: the median ratio of a step whose input needs no
   gradient (a network's first layer: no grad-input product) to the full step,
-  over the rows timed both ways;
+  over the layers timed both ways that take an image (4 channels or fewer), as a
+  network's first layer does (over all layers timed both ways where fewer than 8
+  take an image);
 * ops: the op classes' forms (opcost.py) on step times, with the forward's
   bytes and matrix geometry (joined from the op calibration rows) as the axes,
   and for batch norm its channels as the outer axis (one reduction per channel
@@ -87,17 +89,27 @@ def _meta_features(r: Mapping[str, str]) -> Optional[Dict[str, str]]:
     return dict(features, op=r["op"], **{f"d{j}": r[f"d{j}"] for j in range(4)}) if features["cls"] else None
 
 
-def no_input_grad_ratio(rows: Sequence[Mapping[str, str]]) -> Optional[float]:
-    """Median over configurations timed both ways of step(input needs no grad) / step(it does)."""
+def no_input_grad_ratio(rows: Sequence[Mapping[str, str]], min_pairs: int = 8) -> Optional[float]:
+    """Median over configurations timed both ways of step(input needs no grad) / step(it does).
+
+    A network's layer whose input needs no gradient is its first, which takes the data (an
+    image: 4 channels or fewer); the median is over the configurations that take an image where
+    at least ``min_pairs`` were timed both ways, else over all."""
     from .calibrate.plan import config_key
 
     steps: Dict[str, Dict[str, float]] = {}
+    images = set()
     for r in rows:
         if r.get("source") == "layer" and _ok(r):
-            steps.setdefault(config_key(r), {})[r.get("input_grad", "1")] = float(r["time_ms"])
-    ratios = [s["0"] / s["1"] for s in steps.values() if "0" in s and "1" in s]
+            key = config_key(r)
+            steps.setdefault(key, {})[r.get("input_grad", "1")] = float(r["time_ms"])
+            if r.get("kind") == "Conv2d" and int(r.get("Cin") or 0) <= 4:
+                images.add(key)
+    ratios = {k: s["0"] / s["1"] for k, s in steps.items() if "0" in s and "1" in s}
+    image_ratios = [v for k, v in ratios.items() if k in images]
+    values = image_ratios if len(image_ratios) >= min_pairs else list(ratios.values())
     # a step cannot be longer without the grad-input product: noise above 1 is clamped
-    return min(float(np.median(ratios)), 1.0) if ratios else None
+    return min(float(np.median(values)), 1.0) if values else None
 
 
 def fit_train(rows: Sequence[Mapping[str, str]], op_rows: Sequence[Mapping[str, str]], family: str,

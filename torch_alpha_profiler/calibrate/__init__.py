@@ -101,7 +101,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
 
         from .opplan import norm_train_rows
 
-        every = {} if scale > 0 else {"op_every": 1, "nhwc_every": 1}  # smoke test: all
+        every = {} if scale > 0 else {"op_every": 1}  # smoke test: all
         train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan),
                                 extra_ops=norm_train_rows() if scale > 0 else (), **every)
         measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,

@@ -228,7 +228,20 @@ def config_key(r: Dict[str, str]) -> str:
     return key + "," + layout if layout and layout != "nchw" else key
 
 
-def channels_last_plan(plan: List[Dict[str, str]], every: int = 10) -> List[Dict[str, str]]:
-    """Every ``every``-th Conv2d row of ``plan`` with a channels-last (NHWC) input."""
+def channels_last_plan(plan: List[Dict[str, str]], every: int = 10, depthwise: bool = True) -> List[Dict[str, str]]:
+    """Every ``every``-th Conv2d row of ``plan`` with a channels-last (NHWC) input, and (with
+    ``depthwise``, for full plans) the depthwise convolutions channels-last networks run
+    (ConvNeXt: 7x7 over 96-1024 channels; 3x3 and 5x5 too), appended so that the first rows keep
+    their places."""
     convs = [r for r in plan if r["kind"] == "Conv2d"]
-    return [dict(r, layout="nhwc") for r in convs[::every]]
+    rows = [dict(r, layout="nhwc") for r in convs[::every]]
+    if depthwise and len(plan) > 100:
+        seen = {config_key(r) for r in rows}
+        for k in (3, 5, 7):
+            for c in (96, 128, 192, 256, 384, 512, 768, 1024):
+                for n in (1, 32):
+                    for h in (7, 14, 28, 56):
+                        r = dict(row("dw_nhwc", N=n, Cin=c, Cout=c, H=h, W=h, K=k, groups=c), layout="nhwc")
+                        if fits(r) and config_key(r) not in seen:
+                            rows.append(r)
+    return rows

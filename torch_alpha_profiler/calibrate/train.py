@@ -45,13 +45,14 @@ def done_keys(path: str) -> set:
 
 def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str, str]],
                layer_every: int = 1, op_every: int = 2, no_input_grad_share: float = 1 / 3,
-               nhwc_plan: Sequence[Dict[str, str]] = (), nhwc_every: int = 3,
+               nhwc_plan: Sequence[Dict[str, str]] = (), nhwc_every: int = 1,
                extra_ops: Sequence[Dict[str, str]] = (), seed: int = 0) -> List[Dict[str, str]]:
     """Every ``layer_every``-th layer row (by default all) and every ``op_every``-th op row of a
     trainable kind; a seeded random ``no_input_grad_share`` of those layer rows, and every one
     that takes 4 channels or fewer (an image), again with an input that needs no gradient
     (``input_grad`` 0: a network's first layer, which computes no grad-input); every
-    ``nhwc_every``-th row of ``nhwc_plan`` (channels-last convolutions, plan.channels_last_plan);
+    ``nhwc_every``-th row of ``nhwc_plan`` (by default all: channels-last convolutions,
+    plan.channels_last_plan);
     and every op row of ``extra_ops`` (opplan.norm_train_rows: batch norms at networks' shapes).
 
     The no-input-grad rows are drawn at random, not by a stride: the sweeps repeat with short
