@@ -80,3 +80,27 @@ def test_t2000_paper_mape_on_the_papers_measurements(t2000, paper_csv):
     pred = evaluate(table.arrays, t2000).predicted_ms
     mape = float(np.mean(np.abs(pred - table.time_ms) / table.time_ms) * 100)
     assert round(mape, 1) == 15.1
+
+
+def test_a_biased_conv_costs_its_bias_addition_where_the_profile_has_op_classes():
+    import torch
+    from torch import nn
+
+    from torch_alpha_profiler import AlphaProfiler
+    from torch_alpha_profiler.opcost import pieces_ms
+    from torch_alpha_profiler.ops import Piece
+
+    def conv_ms(bias, profile):
+        model = nn.Conv2d(16, 32, 3, padding=1, bias=bias)
+        with AlphaProfiler(model, profile=profile, scope="layers") as p, torch.no_grad():
+            model(torch.randn(8, 16, 28, 28))
+        (r,) = p.records
+        return r.predicted_ms, r.flops
+
+    h100 = load_profile("h100-fp32")
+    (with_bias, flops), (without, flops0) = conv_ms(True, h100), conv_ms(False, h100)
+    add = pieces_ms([Piece("elementwise", nbytes=4 * (2 * 8 * 32 * 28 * 28 + 32), itemsize=4, op="add")], h100)[0]
+    assert with_bias == pytest.approx(without + add, rel=1e-12) and add > 0
+    assert flops == flops0  # FLOPs leave the bias out, as in the paper
+    paper = load_profile("t2000-paper")  # no op classes: the bias is not costed
+    assert conv_ms(True, paper)[0] == pytest.approx(conv_ms(False, paper)[0], rel=1e-12)

@@ -63,7 +63,11 @@ def _layer_flops_and_bytes(r):
 
 
 def _layer_energy(coeffs, r, ms):
+    """``ms`` includes a biased Conv2d's bias addition, whose bytes (output read and written, the
+    bias read) cost their energy per byte too."""
     flops, nbytes = _layer_flops_and_bytes(r)
+    if r.kind == "Conv2d" and r.bias:
+        nbytes += 4 * (2 * r.batch * r.out_channels * r.out_hw[0] * r.out_hw[1] + r.out_channels)
     return (coeffs["static_w"] * ms / 1e3 + coeffs["j_per_flop"].get(r.cost_class, 0.0) * flops
             + coeffs["j_per_byte"] * nbytes)
 

@@ -2,6 +2,12 @@
 
 FLOPs = 2 x multiply-accumulates (MACs), counting only the products of
 eq. (4); bias additions and activations are left out, as in the paper.
+
+Time is another matter: PyTorch runs a Conv2d's bias as a separate kernel after
+cuDNN's convolution (an elementwise add over the output; Linear layers fuse it
+into the matrix product). So a recorded Conv2d with a bias costs, on top of its
+layer-family time, the profile's ``add`` operator over its output (where the
+profile has op classes; the calibration's convolutions have no bias).
 """
 from __future__ import annotations
 
@@ -48,23 +54,59 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
     )
 
 
+def bias_pieces(records: Sequence[LayerRecord]):
+    """(index, Piece) of the bias additions PyTorch runs after each biased Conv2d of ``records``:
+    an elementwise ``add`` reading and writing the output and reading the bias."""
+    from .layers import itemsize_of
+    from .ops import Piece
+
+    out = []
+    for i, r in enumerate(records):
+        if r.kind == "Conv2d" and r.bias:
+            item = itemsize_of(r.dtype)
+            elements = r.batch * r.out_channels * r.out_hw[0] * r.out_hw[1]
+            out.append((i, Piece("elementwise", nbytes=item * (2 * elements + r.out_channels), itemsize=item,
+                                 op="add")))
+    return out
+
+
+def _bias_costs(records: Sequence[LayerRecord], profile: DeviceProfile):
+    """Per-record ms and joules of the bias additions (0 where none, or where the profile has no
+    op classes to cost them)."""
+    ms, joules = np.zeros(len(records)), np.zeros(len(records))
+    found = bias_pieces(records)
+    if found and profile.ops:
+        from .opcost import pieces_energy_j, pieces_ms
+
+        index = [i for i, _ in found]
+        pieces = [p for _, p in found]
+        piece_ms = pieces_ms(pieces, profile)
+        piece_j = pieces_energy_j(pieces, piece_ms, profile)
+        ms[index] = np.nan_to_num(piece_ms)
+        joules[index] = np.nan_to_num(piece_j)
+    return ms, joules
+
+
 def attach_costs(records: Sequence[LayerRecord], profile: DeviceProfile) -> List[LayerRecord]:
-    """Copies of ``records`` with their cost fields filled in."""
+    """Copies of ``records`` with their cost fields filled in (a biased Conv2d's time and energy
+    include its bias addition, see the module docstring)."""
     if not records:
         return []
     arrays = from_records(records)
     costs = evaluate(arrays, profile)
+    bias_ms, bias_j = _bias_costs(records, profile)
+    ms = costs.predicted_ms + bias_ms
     classes = get_family(profile.family).classes
     coeffs = (profile.power or {}).get("forward")
     energy = [None] * len(records)
     if coeffs:
         from .energy import energy_j
 
-        energy = energy_j(coeffs, [classes[c] for c in costs.cost_class], costs.predicted_ms, costs.flops,
-                          arrays.nbytes).tolist()
+        energy = (energy_j(coeffs, [classes[c] for c in costs.cost_class], costs.predicted_ms, costs.flops,
+                           arrays.nbytes) + bias_j).tolist()
     # tolist() once per column: indexing numpy arrays element by element is 10x slower
     columns = zip(records, costs.macs.tolist(), costs.flops.tolist(), costs.alpha.tolist(),
-                  costs.alpha_flops.tolist(), costs.predicted_ms.tolist(), costs.cost_class.tolist(), energy)
+                  costs.alpha_flops.tolist(), ms.tolist(), costs.cost_class.tolist(), energy)
     return [
         _with_costs(r, {"macs": macs, "flops": flops, "alpha": alpha, "alpha_flops": alpha_flops,
                         "predicted_ms": ms, "cost_class": classes[cls], "energy_j": joules})
