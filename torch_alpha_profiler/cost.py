@@ -7,12 +7,14 @@ Time is another matter: PyTorch runs a Conv2d's bias as a separate kernel after
 cuDNN's convolution (an elementwise add over the output; Linear layers fuse it
 into the matrix product). So a recorded Conv2d with a bias costs, on top of its
 layer-family time, the profile's ``add`` operator over its output (where the
-profile has op classes; the calibration's convolutions have no bias).
+profile has op classes; the calibration's convolutions have no bias). In a
+training step the bias's gradient is one more kernel, a sum of the output's
+gradient over N x H x W (traincost.py costs both as single forward kernels).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -54,9 +56,10 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
     )
 
 
-def bias_pieces(records: Sequence[LayerRecord]):
-    """(index, Piece) of the bias additions PyTorch runs after each biased Conv2d of ``records``:
-    an elementwise ``add`` reading and writing the output and reading the bias."""
+def bias_pieces(records: Sequence[LayerRecord], backward: bool = False):
+    """(index, Piece) of the bias kernels PyTorch runs for each biased Conv2d of ``records``:
+    an elementwise ``add`` reading and writing the output and reading the bias, and with
+    ``backward`` the bias gradient, a ``sum`` of the output's gradient to one value a channel."""
     from .layers import itemsize_of
     from .ops import Piece
 
@@ -67,14 +70,16 @@ def bias_pieces(records: Sequence[LayerRecord]):
             elements = r.batch * r.out_channels * r.out_hw[0] * r.out_hw[1]
             out.append((i, Piece("elementwise", nbytes=item * (2 * elements + r.out_channels), itemsize=item,
                                  op="add")))
+            if backward:
+                out.append((i, Piece("reduce", nbytes=item * (elements + r.out_channels), itemsize=item, op="sum")))
     return out
 
 
-def _bias_costs(records: Sequence[LayerRecord], profile: DeviceProfile):
-    """Per-record ms and joules of the bias additions (0 where none, or where the profile has no
+def _bias_costs(records: Sequence[LayerRecord], profile: DeviceProfile, backward: bool = False):
+    """Per-record ms and joules of the bias kernels (0 where none, or where the profile has no
     op classes to cost them)."""
     ms, joules = np.zeros(len(records)), np.zeros(len(records))
-    found = bias_pieces(records)
+    found = bias_pieces(records, backward)
     if found and profile.ops:
         from .opcost import pieces_energy_j, pieces_ms
 
@@ -82,19 +87,21 @@ def _bias_costs(records: Sequence[LayerRecord], profile: DeviceProfile):
         pieces = [p for _, p in found]
         piece_ms = pieces_ms(pieces, profile)
         piece_j = pieces_energy_j(pieces, piece_ms, profile)
-        ms[index] = np.nan_to_num(piece_ms)
-        joules[index] = np.nan_to_num(piece_j)
+        np.add.at(ms, index, np.nan_to_num(piece_ms))
+        np.add.at(joules, index, np.nan_to_num(piece_j))
     return ms, joules
 
 
-def attach_costs(records: Sequence[LayerRecord], profile: DeviceProfile) -> List[LayerRecord]:
+def attach_costs(records: Sequence[LayerRecord], profile: DeviceProfile, bias_profile: Optional[DeviceProfile] = None,
+                 bias_backward: bool = False) -> List[LayerRecord]:
     """Copies of ``records`` with their cost fields filled in (a biased Conv2d's time and energy
-    include its bias addition, see the module docstring)."""
+    include its bias kernels, see the module docstring, costed under ``bias_profile``, by default
+    ``profile``; with ``bias_backward``, the bias gradient's too)."""
     if not records:
         return []
     arrays = from_records(records)
     costs = evaluate(arrays, profile)
-    bias_ms, bias_j = _bias_costs(records, profile)
+    bias_ms, bias_j = _bias_costs(records, bias_profile or profile, bias_backward)
     ms = costs.predicted_ms + bias_ms
     classes = get_family(profile.family).classes
     coeffs = (profile.power or {}).get("forward")

@@ -8,8 +8,9 @@ network's first layer: no grad-input product) costs ``no_input_grad_ratio``
 of a full step. A tensor that several operations read gets the sum of their gradients in the
 backward: one elementwise addition per extra reader (:func:`gradient_sums`, found by walking
 the autograd graph of the recorded forward), costed as the forward's ``add`` in time and
-energy (each is one addition kernel, not a layer's training step). Channels-last
-convolutions use the training section's own channels-last
+energy (each is one addition kernel, not a layer's training step), and so are a biased
+Conv2d's bias kernels (the forward's add and the backward's sum over the output's gradient:
+cost.bias_pieces). Channels-last convolutions use the training section's own channels-last
 parameters where it has them (calibrations before they were timed: the NCHW ones).
 """
 from __future__ import annotations
@@ -46,7 +47,10 @@ def attach_train_costs(records: Sequence[LayerRecord], profile) -> List[LayerRec
                          "calibrate with --train to make one")
     ratio = float(profile.train["no_input_grad_ratio"])
     out = []
-    for r, grad in zip(attach_costs(records, view), needs_input_grad(records)):
+    # a biased Conv2d's bias kernels (its add, and its gradient's sum) are single kernels: costed
+    # as the forward's, as the gradient sums are
+    for r, grad in zip(attach_costs(records, view, bias_profile=profile, bias_backward=True),
+                       needs_input_grad(records)):
         if not grad:
             r = replace(r, predicted_ms=r.predicted_ms * ratio,
                         energy_j=None if r.energy_j is None else r.energy_j * ratio)
