@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -94,16 +94,18 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
 
 
 # parameters refitted for channels-last inputs, per family (the rest are kept from the NCHW fit):
-# the kernel's speed, floor, bandwidth and wave behaviour change, the per-axis saturations do
-# not (cross-validated in docs/forms.md); families not listed are refitted whole
-CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp")}
+# the kernel's speed, floor, bandwidth, wave behaviour and kernel-size power change, the per-axis
+# saturations do not (cross-validated in docs/forms-ops.md); families not listed are refitted whole
+CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp")}
 
 
-def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object]) -> Dict[str, object]:
+def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object],
+                      free: Optional[Sequence[str]] = None) -> Dict[str, object]:
     """The profile's 'channels_last' section: ``family``'s parameters ``base`` (the NCHW fit)
-    with CHANNELS_LAST_FREE refitted on channels-last Conv2d rows."""
+    with ``free`` (by default CHANNELS_LAST_FREE) refitted on channels-last Conv2d rows; a free
+    parameter the family pins (the axes family's kernel power) is freed."""
     fam = get_family(family)
-    free = CHANNELS_LAST_FREE.get(family)
+    free = CHANNELS_LAST_FREE.get(family) if free is None else tuple(free)
     fixed = None
     if free is not None:
         fixed = {}
@@ -111,6 +113,8 @@ def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object]
             cls, _, name = key.rpartition(".")
             if name not in free:
                 fixed[key] = base["classes"][cls][name] if cls else base[key]
+            elif key in getattr(fam, "FIXED", {}):
+                fixed[key] = None
     nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False, fixed=fixed)
     params = dict(nhwc.parameters, classes=dict(nhwc.parameters["classes"]))
     # classes with no channels-last row (Linear) keep the NCHW values, and alpha keeps its time scale
