@@ -62,11 +62,11 @@ def _layer_flops_and_bytes(r):
     return 2 * macs, 4 * elements  # float32
 
 
-def _layer_energy(coeffs, r, ms):
+def _layer_energy(coeffs, r, ms, bias=True):
     """``ms`` includes a biased Conv2d's bias addition, whose bytes (output read and written, the
-    bias read) cost their energy per byte too."""
+    bias read) cost their energy per byte too (``bias`` False: the layer alone)."""
     flops, nbytes = _layer_flops_and_bytes(r)
-    if r.kind == "Conv2d" and r.bias:
+    if bias and r.kind == "Conv2d" and r.bias:
         nbytes += 4 * (2 * r.batch * r.out_channels * r.out_hw[0] * r.out_hw[1] + r.out_channels)
     return (coeffs["static_w"] * ms / 1e3 + coeffs["j_per_flop"].get(r.cost_class, 0.0) * flops
             + coeffs["j_per_byte"] * nbytes)
@@ -120,10 +120,16 @@ def test_training_step_energy_uses_the_train_coefficients(powered):
     p = _run(powered)
     ratio = powered.train["no_input_grad_ratio"]
     records = p.train_records()
-    # recorded without autograd: the first layer needs no grad-input, its step is ratio x a full one
+    # recorded without autograd: the first layer needs no grad-input, its step is ratio x a full one;
+    # a biased conv's bias kernels (forward add, backward sum) are single kernels: forward coefficients
+    from torch_alpha_profiler.cost import _bias_costs
+
     for i, r in enumerate(records):
         factor = ratio if i == 0 else 1.0
-        assert r.energy_j == pytest.approx(factor * _layer_energy(TRAIN, r, r.predicted_ms / factor), rel=1e-9)
+        bias_ms, bias_j = (v[0] for v in _bias_costs([r], powered, backward=True))
+        assert (r.kind == "Conv2d" and r.bias) == (bias_ms > 0)
+        own = _layer_energy(TRAIN, r, r.predicted_ms / factor - bias_ms, bias=False)
+        assert r.energy_j == pytest.approx(factor * (own + bias_j), rel=1e-9)
     ops = [o for o in p.train_ops() if o.predicted_ms is not None]
     assert ops and all(o.energy_j == pytest.approx(_op_energy(TRAIN, o, o.predicted_ms), rel=1e-9) for o in ops)
     assert p.train_energy_j == pytest.approx(sum(r.energy_j for r in records) + sum(o.energy_j for o in ops))
