@@ -34,6 +34,7 @@ from torch_alpha_profiler.tables import read_layer_table  # noqa: E402
 from torch_alpha_profiler.trainfit import _nhwc, _ok, layer_rows_table  # noqa: E402
 
 FOLDS, SEED = 5, 0
+FOUR = ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp")  # the channels-last refit before k_exp
 
 
 def _rows(path):
@@ -65,13 +66,35 @@ def train_forms(data, dtype):
         preds["refit whole (shipped)"][sel] = family.predict_ms(
             test.arrays, fit_profile(train, family="axes", keep_data=False).parameters)
         preds["refit speed, floor, bandwidth, wave"][sel] = family.predict_ms(
-            test.arrays, fit_channels_last(train, "axes", base, free=("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s",
-                                                                     "wave_exp"))["parameters"])
+            test.arrays, fit_channels_last(train, "axes", base, free=FOUR)["parameters"])
         forward, cls = family.predict_ms(train.arrays, base), family.classify(train.arrays)
         ratio = {c: np.median(train.time_ms[cls == c] / forward[cls == c]) for c in np.unique(cls)}
         preds["forward x per-class median ratio"][sel] = family.predict_ms(test.arrays, base) * np.array(
             [ratio.get(c, np.median(list(ratio.values()))) for c in family.classify(test.arrays)])
     return len(rows), [(label, *_stats(p, t)) for label, p in preds.items()]
+
+
+def channels_last_train_forms(data, dtype):
+    """CV of the channels-last training-step refit (trainfit: on top of the NCHW training fit),
+    with and without the kernel-size power."""
+    family = get_family("axes")
+    rows = [r for r in _rows(os.path.join(data, f"calib-{dtype}-train.csv"))
+            if _ok(r) and r["source"] == "layer" and r.get("input_grad", "1") != "0"]
+    base = fit_profile(layer_rows_table([r for r in rows if not _nhwc(r)], "train"), family="axes",
+                       keep_data=False).parameters
+    nhwc = [r for r in rows if _nhwc(r)]
+    fold = np.random.default_rng(SEED).permutation(len(nhwc)) % FOLDS
+    t = np.array([float(r["time_ms"]) for r in nhwc])
+    out = []
+    for label, free in (("speed, floor, bandwidth, wave", FOUR),
+                        ("speed, floor, bandwidth, wave, kernel power (shipped)", FOUR + ("k_exp",))):
+        pred = np.zeros(len(nhwc))
+        for k in range(FOLDS):
+            train = layer_rows_table([r for r, f in zip(nhwc, fold) if f != k], "train")
+            test = layer_rows_table([r for r, f in zip(nhwc, fold) if f == k], "test")
+            pred[fold == k] = family.predict_ms(test.arrays, fit_channels_last(train, "axes", base, free=free)["parameters"])
+        out.append((label, *_stats(pred, t)))
+    return len(nhwc), out
 
 
 def energy_forms(data, dtype, sources, all_sweeps=False):
@@ -109,6 +132,10 @@ def main(argv=None):
         n, stats = train_forms(args.data, dtype)
         lines += [f"## {dtype}: training-step time of Conv2d/Linear layers ({n} rows)", "",
                   "| form | CV MAPE % | CV WAPE % | Spearman |", "|---|---:|---:|---:|"]
+        lines += [f"| {label} | {m:.1f} | {w:.1f} | {s:.3f} |" for label, m, w, s in stats]
+        n, stats = channels_last_train_forms(args.data, dtype)
+        lines += ["", f"## {dtype}: training-step time of channels-last Conv2d ({n} rows), refitted on the NCHW "
+                  "training fit", "", "| refitted per class | CV MAPE % | CV WAPE % | Spearman |", "|---|---:|---:|---:|"]
         lines += [f"| {label} | {m:.1f} | {w:.1f} | {s:.3f} |" for label, m, w, s in stats]
         for phase, sources in (("forward", ("layer", "op")), ("training step", ("train_layer", "train_op"))):
             n, stats = energy_forms(args.data, dtype, sources)
