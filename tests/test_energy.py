@@ -432,3 +432,16 @@ def test_fit_names_a_malformed_number_in_an_op_table(tmp_path, capsys):
     assert main(["fit", str(table), "--out", str(tmp_path / "p.json"), "--ops", str(ops)]) == 2
     assert "ops.csv line 3: column 'nbytes' must be a number, got 'abc'" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_fit_names_a_csv_that_is_not_utf8(tmp_path, capsys):
+    from torch_alpha_profiler.cli import main
+
+    table = _tiny_layer_table(tmp_path)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"op,cls\n\xff\xfe,1\n")
+    assert main(["fit", str(table), "--out", str(tmp_path / "p.json"), "--ops", str(bad)]) == 2
+    assert f"{bad}: not UTF-8 text" in capsys.readouterr().err
+    assert main(["fit", str(bad), "--out", str(tmp_path / "p.json")]) == 2  # as the layer table too
+    assert f"{bad}: not UTF-8 text" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()

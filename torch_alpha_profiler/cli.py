@@ -347,7 +347,7 @@ def _read_rows(path: str, required, numeric=()) -> list:
     import math
 
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             missing = [c for c in required if c not in (reader.fieldnames or ())]
             if missing:
@@ -355,6 +355,8 @@ def _read_rows(path: str, required, numeric=()) -> list:
             rows = list(reader)
     except FileNotFoundError:
         raise CliError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise CliError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for line, r in enumerate(rows, start=2):
         if r.get("status", "ok") != "ok":
             continue

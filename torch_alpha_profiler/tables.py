@@ -442,7 +442,11 @@ def read_layer_table(path: str) -> LayerTable:
             data = f.read()
     except OSError as e:
         raise LayerTableError(f"{path}: cannot read ({e.strerror})") from None
-    return _parse(data.decode("utf-8"), data, path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LayerTableError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return _parse(text, data, path)
 
 
 PREDICTED = ("flops", "alpha", "alpha_flops", "predicted_ms")
