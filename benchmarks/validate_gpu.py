@@ -665,7 +665,7 @@ ENERGY_MISSES = """### Energy and training steps: where the prediction still mis
     grouped layer above 1,568 output positions); resnext50_32x4d went from +65% to +9% (fp32);
   - batch norm's training step got its channels as an outer axis (one reduction per channel:
     a 16-channel 112x112 batch norm at batch 32 takes half the time of a 256-channel one that
-    moves ten times the bytes), with batch norms up to 224x224 in the training plan;
+    moves sixteen times the bytes), with batch norms up to 224x224 in the training plan;
   - channels-last depthwise convolutions in the plan, and the kernel-size power in the
     channels-last refit (fp32 channels-last depthwise steps slow down with the kernel size far
     more than the NCHW family's kernel-size-free form allows: forms-train-energy.md); ConvNeXt

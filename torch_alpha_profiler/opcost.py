@@ -19,7 +19,7 @@
   a saturation on the number of reductions that run side by side (``outer``:
   its channels). In training, batch norm reduces each channel over N x H x W;
   with few channels, few multiprocessors work (a 16-channel 112 x 112 batch
-  norm at batch 32 moves a tenth of the bytes of a 256-channel one, and takes
+  norm at batch 32 moves a sixteenth of the bytes of a 256-channel one, and takes
   half its time).
 * ``linear`` pieces (``F.linear``, ``mm``) are costed as Linear layers by the
   profile's layer family, so every profile can cost them.
