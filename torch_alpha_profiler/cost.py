@@ -56,23 +56,25 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
     )
 
 
-def bias_pieces(records: Sequence[LayerRecord], backward: bool = False):
-    """(index, Piece) of the bias kernels PyTorch runs for each biased Conv2d of ``records``:
-    an elementwise ``add`` reading and writing the output and reading the bias, and with
-    ``backward`` the bias gradient, a ``sum`` of the output's gradient to one value a channel."""
-    from .layers import itemsize_of
+def bias_add_piece(batch: int, out_channels: int, out_hw, itemsize: int, backward: bool = False):
+    """The bias kernels of one biased Conv2d call: an elementwise ``add`` reading and writing the
+    output and reading the bias, and with ``backward`` the bias gradient, a ``sum`` of the
+    output's gradient to one value a channel."""
     from .ops import Piece
 
-    out = []
-    for i, r in enumerate(records):
-        if r.kind == "Conv2d" and r.bias:
-            item = itemsize_of(r.dtype)
-            elements = r.batch * r.out_channels * r.out_hw[0] * r.out_hw[1]
-            out.append((i, Piece("elementwise", nbytes=item * (2 * elements + r.out_channels), itemsize=item,
-                                 op="add")))
-            if backward:
-                out.append((i, Piece("reduce", nbytes=item * (elements + r.out_channels), itemsize=item, op="sum")))
-    return out
+    elements = batch * out_channels * out_hw[0] * out_hw[1]
+    pieces = [Piece("elementwise", nbytes=itemsize * (2 * elements + out_channels), itemsize=itemsize, op="add")]
+    if backward:
+        pieces.append(Piece("reduce", nbytes=itemsize * (elements + out_channels), itemsize=itemsize, op="sum"))
+    return pieces
+
+
+def bias_pieces(records: Sequence[LayerRecord], backward: bool = False):
+    """(index, Piece) of the bias kernels (bias_add_piece) of each biased Conv2d of ``records``."""
+    from .layers import itemsize_of
+
+    return [(i, piece) for i, r in enumerate(records) if r.kind == "Conv2d" and r.bias
+            for piece in bias_add_piece(r.batch, r.out_channels, r.out_hw, itemsize_of(r.dtype), backward)]
 
 
 def _bias_costs(records: Sequence[LayerRecord], profile: DeviceProfile, backward: bool = False):
