@@ -136,6 +136,21 @@ def group_width_rows(sweep: str = "grouped_w") -> List[Dict[str, str]]:
     return out
 
 
+def large_activation_rows(sweep: str = "large_act") -> List[Dict[str, str]]:
+    """1x1 and 3x3 convolutions over the large activations of networks' first stages (112x112
+    and 224x224 at batch 8 and 32, 32-256 channels), which the one-axis sweeps leave out (they
+    keep N x H x W at most 32 x 56 x 56)."""
+    out = []
+    for k in (1, 3):
+        for n in (8, 32):
+            for h in (112, 224):
+                for cin, cout in ((32, 64), (64, 64), (64, 128), (128, 64), (128, 128), (256, 256)):
+                    r = row(sweep, N=n, Cin=cin, Cout=cout, H=h, W=h, K=k)
+                    if fits(r):
+                        out.append(r)
+    return out
+
+
 def realistic_rows(count: int, seed: int, sweep: str = "realistic") -> List[Dict[str, str]]:
     """Random layers shaped like those of real networks: aligned channels, usual sizes."""
     rng = random.Random(seed)
@@ -199,8 +214,8 @@ def random_rows(count: int, seed: int, sweep: str = "random") -> List[Dict[str, 
 def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0) -> List[Dict[str, str]]:
     """The calibration plan: axis sweeps plus random configurations, deduplicated.
 
-    ``scale`` sets the density of the sweeps (1: 3,571 layers, plan v3, a calibration
-    of about 80 s on an H100); tests use ``scale=0`` for a tiny plan.
+    ``scale`` sets the density of the sweeps (1: 3,611 layers, plan v3); tests use ``scale=0``
+    for a tiny plan.
     """
     if scale <= 0:
         rows = [row("tiny", "Linear", N=n, Cin=64, Cout=64) for n in (1, 4, 16)]
@@ -212,6 +227,7 @@ def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0)
         rows += realistic_rows(400 * scale, seed + 1)
         rows += random_rows(300 * scale if random_count is None else random_count, seed)
         rows += group_width_rows()  # plan v3 (last, so that the rows of v2 keep their places)
+        rows += large_activation_rows()
     seen, out = set(), []
     for r in rows:
         key = config_key(r)
