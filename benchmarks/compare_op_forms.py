@@ -36,7 +36,7 @@ CHANNELS_LAST_NOTE = ("refitting everything is better than the shipped five-para
                       "its peak rate, floor, bandwidth, wave behaviour and kernel-size power. The kernel power was "
                       "added when the channels-last plan gained its depthwise rows (plan.channels_last_plan): fp32 "
                       "channels-last 7x7 depthwise kernels slow down with the kernel size far more than NCHW ones "
-                      "(3 points lower CV MAPE in fp32, 0.2 in bf16; the training-step rows in "
+                      "(3 points lower CV MAPE in fp32, 0.6 in bf16; the training-step rows in "
                       "forms-train-energy.md).")
 SHIPPED = "shipped: floor, bandwidth, L2 term, inner axis"
 STREAM_VARIANTS = [

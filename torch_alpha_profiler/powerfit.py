@@ -20,8 +20,8 @@ MIN_BUSY = 0.9
 # plan sweeps left out of the energy fit: the group-width sweep (plan v3) covers the time cliffs
 # of cuDNN's grouped kernels, which run 10-100x longer than their FLOPs need at 450 W or more;
 # the per-FLOP form can only charge that to the static power. With those rows the forward fit's
-# cross-validated WAPE rose from 14-15% to 21-22% and fp32 fell back to one constant power; the
-# training rows' CV WAPE is lower with them (13-15% against 16-17%: docs/forms-train-energy.md),
+# cross-validated WAPE rose from 14-15% to 22% and fp32 fell back to one constant power; the
+# training rows' CV WAPE is lower with them (12.5-16% against 16-17%: docs/forms-train-energy.md),
 # a comparison over different rows. The rows are left out of both phases on the mechanism.
 ENERGY_EXCLUDED_SWEEPS = ("grouped_w",)
 
