@@ -725,7 +725,7 @@ WHOLE_MODEL_MISSES = """
   modelled beyond channels-last convolutions: an elementwise operation whose operands have
   different layouts (ConvNeXt's residual additions after its permutes) or a concatenation
   along channels copies through slower strided kernels. ConvNeXt at batch 1 is underpredicted by
-  a fifth (fp32) to 30% (bf16).
+  a fifth (fp32) to a quarter (bf16).
 """
 
 

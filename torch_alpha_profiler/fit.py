@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -99,23 +99,58 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
 CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp")}
 
 
-def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object],
-                      free: Optional[Sequence[str]] = None) -> Dict[str, object]:
-    """The profile's 'channels_last' section: ``family``'s parameters ``base`` (the NCHW fit)
-    with ``free`` (by default CHANNELS_LAST_FREE) refitted on channels-last Conv2d rows; a free
-    parameter the family pins (the axes family's kernel power) is freed."""
+def _channels_last_fixed(fam, base: Mapping[str, object], free: Optional[Sequence[str]]):
+    """Parameters pinned to the NCHW fit ``base`` when only ``free`` are refitted (None: none
+    pinned, the whole family refitted); a free parameter the family pins is freed."""
+    if free is None:
+        return None
+    fixed: Dict[str, Optional[float]] = {}
+    for key in fam.bounds():
+        cls, _, name = key.rpartition(".")
+        if name not in free:
+            fixed[key] = base["classes"][cls][name] if cls else base[key]
+        elif key in getattr(fam, "FIXED", {}):
+            fixed[key] = None
+    return fixed
+
+
+def channels_last_cv(table: LayerTable, family: str, base: Mapping[str, object],
+                     free: Optional[Sequence[str]], folds: int = 5, seed: int = 0) -> float:
+    """5-fold cross-validated MAPE (%) of refitting ``free`` (None: everything) on channels-last rows."""
+    from .layers import take
+
     fam = get_family(family)
-    free = CHANNELS_LAST_FREE.get(family) if free is None else tuple(free)
-    fixed = None
-    if free is not None:
-        fixed = {}
-        for key in fam.bounds():
-            cls, _, name = key.rpartition(".")
-            if name not in free:
-                fixed[key] = base["classes"][cls][name] if cls else base[key]
-            elif key in getattr(fam, "FIXED", {}):
-                fixed[key] = None
-    nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False, fixed=fixed)
+    ok = np.isfinite(table.time_ms) & (table.time_ms > 0)
+    arrays, t = take(table.arrays, ok), table.time_ms[ok]
+    fold = np.random.default_rng(seed).integers(0, folds, len(t))
+    pred = np.zeros(len(t))
+    fixed = _channels_last_fixed(fam, base, free)
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        if train.any() and test.any():
+            params = fit_parameters(fam, take(arrays, train), t[train], fixed)
+            pred[test] = fam.predict_ms(take(arrays, test), params)
+    return float(np.mean(np.abs(pred / t - 1)) * 100)
+
+
+def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object],
+                      free: Union[str, Sequence[str], None] = "auto") -> Dict[str, object]:
+    """The profile's 'channels_last' section: ``family``'s parameters ``base`` (the NCHW fit)
+    with ``free`` refitted on channels-last Conv2d rows (None: all of them). With "auto", the
+    default, CHANNELS_LAST_FREE or all parameters, whichever has the lower 5-fold
+    cross-validated MAPE on these rows (families without CHANNELS_LAST_FREE: all)."""
+    fam = get_family(family)
+    cv = None
+    if free == "auto":
+        free = CHANNELS_LAST_FREE.get(family)
+        if free is not None and len(table) >= 40:
+            cv = {"refit " + ", ".join(free): channels_last_cv(table, family, base, free),
+                  "refit all": channels_last_cv(table, family, base, None)}
+            if cv["refit all"] < cv["refit " + ", ".join(free)]:
+                free = None
+    free = tuple(free) if free is not None else None
+    nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False,
+                       fixed=_channels_last_fixed(fam, base, free))
     params = dict(nhwc.parameters, classes=dict(nhwc.parameters["classes"]))
     # classes with no channels-last row (Linear) keep the NCHW values, and alpha keeps its time scale
     present = set(np.unique(fam.classify(table.arrays)).tolist())
@@ -123,8 +158,11 @@ def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object]
         if i not in present:
             params["classes"][cls] = dict(base["classes"][cls])
     params["time_scale_ms_per_mmac"] = base["time_scale_ms_per_mmac"]
-    return {"parameters": params, "fit": nhwc.provenance["fit"], "source": table.source,
-            "n_measurements": nhwc.provenance["n_measurements"], "refitted": list(free or ["all"])}
+    section = {"parameters": params, "fit": nhwc.provenance["fit"], "source": table.source,
+               "n_measurements": nhwc.provenance["n_measurements"], "refitted": list(free or ["all"])}
+    if cv is not None:
+        section["cv_mape_pct"] = cv
+    return section
 
 
 def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
