@@ -1,7 +1,9 @@
 """Energy per call (the 'power' section: static watts, joules per FLOP and per byte), its fit,
 CO2e, and the training-step timing CPU twin."""
+import csv
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -445,3 +447,25 @@ def test_fit_names_a_csv_that_is_not_utf8(tmp_path, capsys):
     assert main(["fit", str(bad), "--out", str(tmp_path / "p.json")]) == 2  # as the layer table too
     assert f"{bad}: not UTF-8 text" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_fit_names_the_file_line_of_a_malformed_training_layer_row(tmp_path, capsys):
+    """The training rows are parsed as a layer table of their measured rows; an error names the
+    training file's own line, not the line in that derived table."""
+    from torch_alpha_profiler.cli import main
+
+    data = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "data")
+    with open(os.path.join(data, "calib-float32-train.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))[:60]
+    rows[1] = dict(rows[1], status="oom", time_ms="")  # not measured: not in the derived table
+    rows[41] = dict(rows[41], N="abc")
+    assert rows[41]["source"] == "layer"
+    train = tmp_path / "train.csv"
+    with open(train, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    code = main(["fit", str(_tiny_layer_table(tmp_path)), "--out", str(tmp_path / "p.json"),
+                 "--ops", os.path.join(data, "calib-float32-ops.csv"), "--train", str(train)])
+    assert code == 2
+    assert f"{train} line 43: column 'N' must be a positive integer, got 'abc'" in capsys.readouterr().err

@@ -342,7 +342,8 @@ OPS_JOIN_COLUMNS = ("op", "d0", "d1", "d2", "d3", "cls", "nbytes", "time_ms")
 
 def _read_rows(path: str, required, numeric=()) -> list:
     """The rows of a calibration CSV, checking that its header has the ``required`` columns and
-    that the ``numeric`` ones hold numbers in every measured row (status ok or absent)."""
+    that the ``numeric`` ones hold numbers in every measured row (status ok or absent); each row
+    keeps its line in the file as ``_line`` (for later errors)."""
     import csv
     import math
 
@@ -358,6 +359,7 @@ def _read_rows(path: str, required, numeric=()) -> list:
     except UnicodeDecodeError as e:
         raise CliError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     for line, r in enumerate(rows, start=2):
+        r["_line"] = str(line)
         if r.get("status", "ok") != "ok":
             continue
         for col in numeric:
