@@ -29,7 +29,19 @@ LAYOUTS = {"": False, "nchw": False, "nhwc": True, "channels_last": True}
 
 
 class LayerTableError(ValueError):
-    """A layer table is malformed; the message names the file, line and column."""
+    """A layer table is malformed; the message names the file, line and column. An error about
+    one data row keeps it: ``source``, ``row`` (0-based, the file's line row + 2) and ``detail``
+    (the message after the line), so a caller that built the table from other rows can name
+    their own line."""
+
+    def __init__(self, message: str, source: str = "", row: Optional[int] = None, detail: str = ""):
+        super().__init__(message)
+        self.source, self.row, self.detail = source, row, detail
+
+
+def _row_error(source: str, i: int, detail: str) -> LayerTableError:
+    """The error about data row ``i`` (0-based) of ``source``."""
+    return LayerTableError(f"{source} line {i + 2}: {detail}", source=source, row=i, detail=detail)
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,7 @@ def _positive_ints(values: Sequence[str], name: str, source: str, allow_zero=Fal
                 ok = False
             if not ok:
                 what = "a non-negative" if allow_zero else "a positive"
-                raise LayerTableError(
-                    f"{source} line {i + 2}: column '{name}' must be {what} integer, got {v!r}")
+                raise _row_error(source, i, f"column '{name}' must be {what} integer, got {v!r}")
     return arr
 
 
@@ -105,7 +116,7 @@ class _TextColumns:
         width = len(header)
         for i, row in enumerate(rows):
             if len(row) != width:
-                raise LayerTableError(f"{source} line {i + 2}: {len(row)} fields, expected {width}")
+                raise _row_error(source, i, f"{len(row)} fields, expected {width}")
         columns = ({h: [row[j].strip() for row in rows] for j, h in enumerate(header)} if rows
                    else {h: [] for h in header})
         return cls(header, columns, len(rows), source)
@@ -146,8 +157,7 @@ class _TextColumns:
                 try:
                     float(v)
                 except ValueError:
-                    raise LayerTableError(f"{self.source} line {i + 2}: column '{name}' must be a "
-                                          f"number, got {v!r}") from None
+                    raise _row_error(self.source, i, f"column '{name}' must be a number, got {v!r}") from None
             raise
 
 
@@ -352,7 +362,7 @@ def _categorical(cols, name: str, allowed, expected: str, source: str):
     bad = sorted(set(distinct) - set(allowed))
     if bad:
         i = int(np.flatnonzero(index == distinct.index(bad[0]))[0])
-        raise LayerTableError(f"{source} line {i + 2}: column '{name}' must be {expected}, got {bad[0]!r}")
+        raise _row_error(source, i, f"column '{name}' must be {expected}, got {bad[0]!r}")
     return distinct, index
 
 
@@ -381,14 +391,13 @@ def _parse(text: str, data: bytes, source: str) -> LayerTable:
         bad_rows = np.nonzero(~is_linear & (arr % groups != 0))[0]
         if bad_rows.size:
             i = int(bad_rows[0])
-            raise LayerTableError(f"{source} line {i + 2}: column '{name}' ({arr[i]}) is not "
-                                  f"divisible by groups ({groups[i]})")
+            raise _row_error(source, i, f"column '{name}' ({arr[i]}) is not divisible by groups ({groups[i]})")
     Hout = _out_size(H, K1, sh, ph, dh, same)
     Wout = _out_size(W, K2, sw, pw, dw, same)
     bad_rows = np.nonzero(~is_linear & ((Hout < 1) | (Wout < 1)))[0]
     if bad_rows.size:
         i = int(bad_rows[0])
-        raise LayerTableError(f"{source} line {i + 2}: kernel larger than the padded input")
+        raise _row_error(source, i, "kernel larger than the padded input")
     one = np.ones(n, dtype=np.int64)
     lin = is_linear
     if "dtype" in cols.columns:
@@ -408,8 +417,7 @@ def _parse(text: str, data: bytes, source: str) -> LayerTable:
                          * arrays.K >= 2.0 ** 62)[0]
     if too_big.size:
         i = int(too_big[0])
-        raise LayerTableError(f"{source} line {i + 2}: the layer's multiply-accumulates overflow 64-bit "
-                              "integers; check its sizes")
+        raise _row_error(source, i, "the layer's multiply-accumulates overflow 64-bit integers; check its sizes")
     if "layout" in cols.columns:
         distinct, index = _categorical(cols, "layout", LAYOUTS,
                                        f"empty or one of {', '.join(v for v in LAYOUTS if v)}", source)

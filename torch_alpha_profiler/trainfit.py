@@ -24,7 +24,6 @@ parameters into a profile so that the forward's cost code costs training steps.
 """
 from __future__ import annotations
 
-import re
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -52,11 +51,9 @@ def layer_rows_table(rows: Sequence[Mapping[str, str]], source: str, time_key: s
     try:
         return parse_layer_table("\n".join(lines) + "\n", source)
     except LayerTableError as e:
-        # the table's line k is rows[k - 2]: name the file's own line where the rows know it
-        found = re.search(r" line (\d+):", str(e))
-        i = int(found.group(1)) - 2 if found else -1
-        if 0 <= i < len(rows) and rows[i].get("_line"):
-            raise LayerTableError(str(e).replace(found.group(0), f" line {rows[i]['_line']}:", 1)) from None
+        # the table's data row i is rows[i]: name the file's own line where the rows know it
+        if e.row is not None and e.row < len(rows) and rows[e.row].get("_line"):
+            raise LayerTableError(f"{e.source} line {rows[e.row]['_line']}: {e.detail}") from None
         raise LayerTableError(f"{e} (line numbers count the header and the measured layer rows only)") from None
 
 
