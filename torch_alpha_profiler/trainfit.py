@@ -98,7 +98,7 @@ def no_input_grad_ratio(rows: Sequence[Mapping[str, str]], min_pairs: int = 8) -
     A network's layer whose input needs no gradient is its first, which takes the data (an
     image: 4 channels or fewer); the median is over the configurations that take an image where
     at least ``min_pairs`` were timed both ways, else over all."""
-    from .calibrate.plan import config_key
+    from .calibrate.plan import config_key, takes_image
 
     steps: Dict[str, Dict[str, float]] = {}
     images = set()
@@ -106,7 +106,7 @@ def no_input_grad_ratio(rows: Sequence[Mapping[str, str]], min_pairs: int = 8) -
         if r.get("source") == "layer" and _ok(r):
             key = config_key(r)
             steps.setdefault(key, {})[r.get("input_grad", "1")] = float(r["time_ms"])
-            if r.get("kind") == "Conv2d" and int(r.get("Cin") or 0) <= 4:
+            if takes_image(r):
                 images.add(key)
     ratios = {k: s["0"] / s["1"] for k, s in steps.items() if "0" in s and "1" in s}
     image_ratios = [v for k, v in ratios.items() if k in images]

@@ -237,6 +237,12 @@ def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0)
     return out
 
 
+def takes_image(r: Dict[str, str]) -> bool:
+    """Whether a plan row is a Conv2d of 4 input channels or fewer: a network's first layer,
+    whose input is the data (an image) and needs no gradient."""
+    return r.get("kind") == "Conv2d" and int(r.get("Cin") or 0) <= 4
+
+
 def config_key(r: Dict[str, str]) -> str:
     """Identity of a configuration (everything but the sweep name and results)."""
     key = ",".join(r.get(c, "") for c in PLAN_COLUMNS[1:])

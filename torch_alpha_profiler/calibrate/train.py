@@ -18,6 +18,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from .measure import Progress, RESULT_COLUMNS, build_layer, run_rows, timing_fields
+from .plan import takes_image
 from .opplan import KINDS
 
 TRAIN_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(c for c in RESULT_COLUMNS if c != "status") + (
@@ -61,8 +62,7 @@ def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str,
 
     layers = [dict(r, source="layer", input_grad="1") for r in layer_plan[::layer_every]]
     drawn = set(random.Random(seed).sample(range(len(layers)), int(len(layers) * no_input_grad_share)))
-    rows = layers + [dict(r, input_grad="0") for i, r in enumerate(layers)
-                     if i in drawn or (r["kind"] != "Linear" and int(r["Cin"]) <= 4)]
+    rows = layers + [dict(r, input_grad="0") for i, r in enumerate(layers) if i in drawn or takes_image(r)]
     ops = [r for r in op_plan if r["op"] in TRAIN_OP_KINDS]
     rows += [dict(r, source="op", kind="", input_grad="1") for r in ops[::op_every]]
     rows += [dict(r, source="layer", input_grad="1") for r in nhwc_plan[::nhwc_every]]
