@@ -68,14 +68,11 @@ def stream_ms(nbytes, p: Mapping[str, float], inner=None, l2_bytes: float = L2_B
     s = b ** 4 / (b ** 4 + float(l2_bytes) ** 4)
     r = float(p.get("l2_ratio", 1.0))
     ms = b / (float(p["bw_gb_per_s"]) * 1e6) * (1.0 + float(p["h_bytes"]) / b) ** float(p["g"]) * (r + (1 - r) * s)
-    if inner is not None and float(p.get("g_inner", 0.0)) != 0.0:
-        x = np.asarray(inner, dtype=np.float64)
-        factor = (1.0 + float(p["h_inner"]) / np.maximum(x, 1.0)) ** float(p["g_inner"])
-        ms = ms * np.where(x > 0, factor, 1.0)
-    if outer is not None and float(p.get("g_outer", 0.0)) != 0.0:
-        x = np.asarray(outer, dtype=np.float64)
-        factor = (1.0 + float(p["h_outer"]) / np.maximum(x, 1.0)) ** float(p["g_outer"])
-        ms = ms * np.where(x > 0, factor, 1.0)
+    for axis, sizes in (("inner", inner), ("outer", outer)):
+        g = float(p.get("g_" + axis, 0.0))
+        if sizes is not None and g != 0.0:  # (1 + h / x) ** g where the op has the axis (x > 0)
+            x = np.asarray(sizes, dtype=np.float64)
+            ms = ms * np.where(x > 0, (1.0 + float(p["h_" + axis]) / np.maximum(x, 1.0)) ** g, 1.0)
     return float(p["t0_ms"]) + ms
 
 

@@ -86,20 +86,23 @@ def row_operator(r: Mapping[str, str]) -> str:
     return r.get("operator") or canonical(r["ops"].split("+")[0])
 
 
+def _row_input_shape(r: Mapping[str, str]):
+    """The shape of the (first) input the row's kind was built with."""
+    from .calibrate.opplan import input_shape
+
+    return input_shape(r["op"], tuple(int(r[f"d{j}"]) for j in range(4)))
+
+
 def row_inner(r: Mapping[str, str]) -> int:
     """The row's inner-axis length (its 'inner' column, or from the kind's input shape)."""
     if r.get("inner", "") != "":
         return int(r["inner"])
-    from .calibrate.opplan import input_shape
-
-    return inner_size(row_operator(r), input_shape(r["op"], tuple(int(r[f"d{j}"]) for j in range(4))))
+    return inner_size(row_operator(r), _row_input_shape(r))
 
 
 def row_outer(r: Mapping[str, str]) -> int:
     """The row's outer-axis size (independent reductions), from the kind's input shape."""
-    from .calibrate.opplan import input_shape
-
-    return outer_size(row_operator(r), input_shape(r["op"], tuple(int(r[f"d{j}"]) for j in range(4))))
+    return outer_size(row_operator(r), _row_input_shape(r))
 
 
 def fit_ops(rows: Sequence[Mapping[str, str]], stream_fixed: Optional[Mapping[str, float]] = STREAM_PINNED,
