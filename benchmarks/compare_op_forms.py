@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from torch_alpha_profiler.families import get_family  # noqa: E402
-from torch_alpha_profiler.fit import CHANNELS_LAST_FREE, fit_parameters, fit_profile  # noqa: E402
+from torch_alpha_profiler.fit import CHANNELS_LAST_FREE, channels_last_fixed, fit_parameters, fit_profile  # noqa: E402
 from torch_alpha_profiler.layers import take  # noqa: E402
 from torch_alpha_profiler.opcost import STREAM_NEUTRAL, STREAM_PINNED, stream_ms  # noqa: E402
 from torch_alpha_profiler.opfit import _ok_rows, fit_stream_class, row_inner, row_operator  # noqa: E402
@@ -94,14 +94,8 @@ def channels_last_cv(nchw, nhwc, family, free):
         elif free == "all":
             params = fit_parameters(fam, take(nhwc.arrays, train), nhwc.time_ms[train])
         else:
-            fixed = {}
-            for key in fam.bounds():
-                c, _, name = key.rpartition(".")
-                if name not in free:
-                    fixed[key] = base["classes"][c][name] if c else base[key]
-                elif key in getattr(fam, "FIXED", {}):
-                    fixed[key] = None  # a parameter the family pins (the kernel power), freed
-            params = fit_parameters(fam, take(nhwc.arrays, train), nhwc.time_ms[train], fixed=fixed)
+            params = fit_parameters(fam, take(nhwc.arrays, train), nhwc.time_ms[train],
+                                    fixed=channels_last_fixed(fam, base, free))
         pred[test] = fam.predict_ms(take(nhwc.arrays, test), params)
     return pred
 

@@ -99,7 +99,7 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
 CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp")}
 
 
-def _channels_last_fixed(fam, base: Mapping[str, object], free: Optional[Sequence[str]]):
+def channels_last_fixed(fam, base: Mapping[str, object], free: Optional[Sequence[str]]):
     """Parameters pinned to the NCHW fit ``base`` when only ``free`` are refitted (None: none
     pinned, the whole family refitted); a free parameter the family pins is freed."""
     if free is None:
@@ -124,7 +124,7 @@ def channels_last_cv(table: LayerTable, family: str, base: Mapping[str, object],
     arrays, t = take(table.arrays, ok), table.time_ms[ok]
     fold = np.random.default_rng(seed).integers(0, folds, len(t))
     pred = np.zeros(len(t))
-    fixed = _channels_last_fixed(fam, base, free)
+    fixed = channels_last_fixed(fam, base, free)
     for k in range(folds):
         train, test = fold != k, fold == k
         if train.any() and test.any():
@@ -144,13 +144,14 @@ def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object]
     if free == "auto":
         free = CHANNELS_LAST_FREE.get(family)
         if free is not None and len(table) >= 40:
-            cv = {"refit " + ", ".join(free): channels_last_cv(table, family, base, free),
+            default = "refit " + ", ".join(free)
+            cv = {default: channels_last_cv(table, family, base, free),
                   "refit all": channels_last_cv(table, family, base, None)}
-            if cv["refit all"] < cv["refit " + ", ".join(free)]:
+            if cv["refit all"] < cv[default]:
                 free = None
     free = tuple(free) if free is not None else None
     nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False,
-                       fixed=_channels_last_fixed(fam, base, free))
+                       fixed=channels_last_fixed(fam, base, free))
     params = dict(nhwc.parameters, classes=dict(nhwc.parameters["classes"]))
     # classes with no channels-last row (Linear) keep the NCHW values, and alpha keeps its time scale
     present = set(np.unique(fam.classify(table.arrays)).tolist())
