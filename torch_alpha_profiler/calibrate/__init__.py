@@ -26,9 +26,10 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     * ``PREFIX.csv``: the Conv2d/Linear plan (provenance in ``.csv.env.json``);
     * with ``ops``: ``PREFIX-ops.csv``, the other operations (opplan.py);
       ``PREFIX-host.csv``, the CPU's cost of eager calls; ``PREFIX-nhwc.csv``,
-      a tenth of the Conv2d rows again with channels-last (NHWC) inputs;
-    * with ``train``: ``PREFIX-train.csv``, training steps (forward + backward) of an eighth of
-      the layers and half of the trainable ops (train.py), fitted into the profile's 'train'
+      a twentieth of the Conv2d rows again with channels-last (NHWC) inputs, and depthwise ones
+      as channels-last networks run them;
+    * with ``train``: ``PREFIX-train.csv``, training steps (forward + backward) of every layer
+      and half of the trainable ops (train.py), fitted into the profile's 'train'
       section (trainfit.py);
     * with ``energy`` (a GPU whose energy counter NVML reads): ``PREFIX-energy.csv``, board
       power while each of about 280 rows of the plans (and of the training plan) runs for
@@ -102,7 +103,8 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         from .opplan import norm_train_rows
 
         every = {} if scale > 0 else {"op_every": 1}  # smoke test: all
-        train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan),
+        # training keeps every 10th channels-last row (its time is not the calibration's 120 s)
+        train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan, every=10),
                                 extra_ops=norm_train_rows() if scale > 0 else (), **every)
         measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,
                       progress=progress)

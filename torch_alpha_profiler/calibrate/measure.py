@@ -58,7 +58,9 @@ def _pair(text: str):
 
 
 def build_layer(r: Dict[str, str], device: str, dtype: str, seed: int = 0):
-    """The module and a random input for one plan row."""
+    """The module and a random input for one plan row; the module is built and initialised on
+    ``device`` in ``dtype`` (a large layer's initialisation on the CPU and its copy cost more
+    than timing it)."""
     import torch
     from torch import nn
 
@@ -67,7 +69,7 @@ def build_layer(r: Dict[str, str], device: str, dtype: str, seed: int = 0):
     n, cin, cout = int(r["N"]), int(r["Cin"]), int(r["Cout"])
     bias = r.get("bias", "0") == "1"
     if r["kind"] == "Linear":
-        layer = nn.Linear(cin, cout, bias=bias)
+        layer = nn.Linear(cin, cout, bias=bias, device=device, dtype=dt)
         x = torch.randn(n, cin, device=device, dtype=dt)
     else:
         k1, k2 = int(r["K1"]), int(r["K2"])
@@ -75,12 +77,11 @@ def build_layer(r: Dict[str, str], device: str, dtype: str, seed: int = 0):
         padding = (k1 // 2, k2 // 2) if pad == "" else _pair(pad)
         layer = nn.Conv2d(cin, cout, (k1, k2), stride=_pair(r["stride"]), padding=padding,
                           dilation=_pair(r.get("dilation", "1")),
-                          groups=int(r["groups"]), bias=bias)
+                          groups=int(r["groups"]), bias=bias, device=device, dtype=dt)
         x = torch.randn(n, cin, int(r["H"]), int(r["W"]), device=device, dtype=dt)
         if r.get("layout") in ("nhwc", "channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)  # the weights stay as built
-    layer = layer.to(device=device, dtype=dt).eval()
-    return layer, x
+    return layer.eval(), x
 
 
 def _done_keys(path: str) -> set:

@@ -250,11 +250,17 @@ def config_key(r: Dict[str, str]) -> str:
     return key + "," + layout if layout and layout != "nchw" else key
 
 
-def channels_last_plan(plan: List[Dict[str, str]], every: int = 10, depthwise: bool = True) -> List[Dict[str, str]]:
+def channels_last_plan(plan: List[Dict[str, str]], every: int = 20, depthwise: bool = True) -> List[Dict[str, str]]:
     """Every ``every``-th Conv2d row of ``plan`` with a channels-last (NHWC) input, and (with
     ``depthwise``, for full plans) the depthwise convolutions channels-last networks run
     (ConvNeXt: 7x7 over 96-1024 channels; 3x3 and 5x5 too), appended so that the first rows keep
-    their places."""
+    their places.
+
+    Every 20th, not every 10th as until plan v3's runs: cuDNN sets each channels-last shape up
+    on its first call (tens of ms, 0.15-0.35 s for a depthwise one), so this stage cost a third
+    of a calibration's time, and a refit on every 20th row predicts the rows it leaves out as
+    well as 5-fold CV on all of them does (benchmarks/data/probe-speed/README.md). The every-20th
+    rows are a subset of the every-10th ones, so older calibrations resume."""
     convs = [r for r in plan if r["kind"] == "Conv2d"]
     rows = [dict(r, layout="nhwc") for r in convs[::every]]
     if depthwise and len(plan) > 100:
