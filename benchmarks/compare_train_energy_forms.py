@@ -66,7 +66,7 @@ def train_forms(data, dtype):
         preds["refit whole (shipped)"][sel] = family.predict_ms(
             test.arrays, fit_profile(train, family="axes", keep_data=False).parameters)
         preds["refit speed, floor, bandwidth, wave"][sel] = family.predict_ms(
-            test.arrays, fit_channels_last(train, "axes", base, free=FOUR)["parameters"])
+            test.arrays, fit_channels_last(train, "axes", base, free=FOUR, cv=False)["parameters"])
         forward, cls = family.predict_ms(train.arrays, base), family.classify(train.arrays)
         ratio = {c: np.median(train.time_ms[cls == c] / forward[cls == c]) for c in np.unique(cls)}
         preds["forward x per-class median ratio"][sel] = family.predict_ms(test.arrays, base) * np.array(
@@ -76,7 +76,7 @@ def train_forms(data, dtype):
 
 def channels_last_train_forms(data, dtype):
     """CV of the channels-last training-step refit (trainfit: on top of the NCHW training fit),
-    with and without the kernel-size power."""
+    with and without the kernel-size power and the per-tap latency."""
     family = get_family("axes")
     rows = [r for r in _rows(os.path.join(data, f"calib-{dtype}-train.csv"))
             if _ok(r) and r["source"] == "layer" and r.get("input_grad", "1") != "0"]
@@ -87,13 +87,15 @@ def channels_last_train_forms(data, dtype):
     t = np.array([float(r["time_ms"]) for r in nhwc])
     out = []
     for label, free in (("speed, floor, bandwidth, wave", FOUR),
-                        ("speed, floor, bandwidth, wave, kernel power (default)", FOUR + ("k_exp",)),
+                        ("speed, floor, bandwidth, wave, kernel power", FOUR + ("k_exp",)),
+                        ("speed, floor, bandwidth, wave, kernel power, per-tap latency (default)",
+                         FOUR + ("k_exp", "tap_ms")),
                         ("all parameters", None)):
         pred = np.zeros(len(nhwc))
         for k in range(FOLDS):
             train = layer_rows_table([r for r, f in zip(nhwc, fold) if f != k], "train")
             test = layer_rows_table([r for r, f in zip(nhwc, fold) if f == k], "test")
-            pred[fold == k] = family.predict_ms(test.arrays, fit_channels_last(train, "axes", base, free=free)["parameters"])
+            pred[fold == k] = family.predict_ms(test.arrays, fit_channels_last(train, "axes", base, free=free, cv=False)["parameters"])
         out.append((label, *_stats(pred, t)))
     return len(nhwc), out
 
@@ -150,8 +152,8 @@ def main(argv=None):
                           f"({', '.join(ENERGY_EXCLUDED_SWEEPS)}): the lowest CV WAPE would be {best[2]:.1f}% "
                           f"({best[0]})."]
         lines.append("")
-    lines += ["Channels-last training steps: `fit.fit_channels_last` keeps whichever of the default refit "
-              "and refitting everything has the lower CV MAPE (its own 5-fold CV): the default in both dtypes.", "",
+    lines += ["Channels-last training steps: `fit.fit_channels_last` refits the default set "
+              "(`fit.CHANNELS_LAST_FREE`), chosen on the forward rows (forms-ops.md).", "",
               "Shipped: the training-step layer classes refitted whole (the lowest CV WAPE in both dtypes; "
               "see the MAPE columns for where another form is as good); the energy form with static power, "
               "energy per FLOP per class and per byte, or one constant power, with the row weighting, whichever "

@@ -8,6 +8,7 @@ rows only. Calibration times a slice of its Conv2d plan again in NHWC.
 import copy
 import csv
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from torch_alpha_profiler.calibrate.plan import channels_last_plan, config_key, 
 from torch_alpha_profiler.calibrate.timers import Measurement
 from torch_alpha_profiler.cost import attach_costs, evaluate
 from torch_alpha_profiler.layers import concat, from_records, make_arrays, take
-from torch_alpha_profiler.profile import load_profile, profile_from_dict
+from torch_alpha_profiler.profile import ProfileError, load_profile, profile_from_dict
 from torch_alpha_profiler.shapes import ShapeOnlyMode
 from torch_alpha_profiler.tables import LayerTableError, parse_layer_table, read_layer_table
 from torch_alpha_profiler.zoo import build_model
@@ -259,3 +260,65 @@ def test_nhwc_rows_are_built_measured_and_read_back_channels_last(tmp_path):
     assert measure_plan(plan, out, device="cpu", timer=Fake()) == []
     twins = [dict(x, layout="") for x in plan]
     assert len(measure_plan(twins, out, device="cpu", timer=Fake())) == len(plan)
+
+
+# ------------------------------------------------------------ per-tap latency (channels-last)
+def _dw_arrays(ks, n=1, c=96, h=14):
+    one = [1] * len(ks)
+    return make_arrays(is_linear=[False] * len(ks), N=[n] * len(ks), Cin=[c] * len(ks), Cout=[c] * len(ks),
+                       Hin=[h] * len(ks), Win=[h] * len(ks), Hout=[h] * len(ks), Wout=[h] * len(ks),
+                       K1=ks, K2=ks, stride=one, groups=[c] * len(ks))
+
+
+def test_per_tap_latency_is_a_floor_of_kernels_with_more_than_one_tap():
+    from torch_alpha_profiler.families import get_family
+
+    fam = get_family("axes")
+    params = copy.deepcopy(dict(load_profile("h100-bf16", warn_device=False).parameters))
+    arrays = _dw_arrays([1, 3, 7])
+    off = fam.predict_ms(arrays, params)
+    params["classes"]["depthwise"]["tap_ms"] = 2e-4
+    on = fam.predict_ms(arrays, params)
+    assert on[0] == off[0]  # one tap: nothing to loop over
+    # a small layer is bound by its taps: about t0 + tap x (K - 1)
+    t0 = params["classes"]["depthwise"]["t0_ms"]
+    assert on[2] > off[2] and on[2] == pytest.approx(t0 + 2e-4 * 48, rel=0.2)
+    assert on[2] - t0 > 4 * (on[1] - t0)
+    # a profile written before the parameter existed loads and costs as if it were 0
+    for cls in params["classes"].values():
+        del cls["tap_ms"]
+    assert np.allclose(fam.predict_ms(arrays, params), off)
+
+
+def test_profile_without_tap_ms_loads_and_values_on_a_bound_are_kept(tmp_path):
+    doc = load_profile("h100-fp32", warn_device=False).to_dict()
+    for section in (doc["parameters"], doc["channels_last"]["parameters"]):
+        for cls in section["classes"].values():
+            cls.pop("tap_ms", None)
+    doc["channels_last"]["parameters"]["classes"]["grouped"]["k_exp"] = -0.9999999999999999  # -1, rounded
+    q = profile_from_dict(json.loads(json.dumps(doc)))
+    assert "tap_ms" not in q.parameters["classes"]["conv1x1"]
+    doc["channels_last"]["parameters"]["classes"]["grouped"]["k_exp"] = -1.001
+    with pytest.raises(ProfileError, match="grouped.k_exp"):
+        profile_from_dict(doc)
+
+
+def test_channels_last_refit_learns_a_per_tap_latency_the_nchw_fit_pins():
+    """Depthwise rows whose time is a floor plus 0.2 us a tap: the refit finds the tap latency
+    (it starts from the family's initial value, not from the NCHW fit's pinned 0)."""
+    from torch_alpha_profiler.fit import fit_channels_last
+    from torch_alpha_profiler.tables import LayerTable
+
+    base = load_profile("h100-bf16", warn_device=False).parameters
+    assert all(c["tap_ms"] == 0.0 for c in base["classes"].values())
+    ks = [3, 5, 7] * 16
+    cs = [96, 192, 384, 768] * 12
+    hs = sorted([7, 14] * 24)
+    one = [1] * len(ks)
+    arrays = make_arrays(is_linear=[False] * len(ks), N=one, Cin=cs, Cout=cs, Hin=hs, Win=hs, Hout=hs, Wout=hs,
+                         K1=ks, K2=ks, stride=one, groups=cs, channels_last=[True] * len(ks), itemsize=[2] * len(ks))
+    time_ms = 0.002 + 2e-4 * (np.array(ks) ** 2 - 1)
+    table = LayerTable(arrays=arrays, time_ms=time_ms, source="synthetic", header=(), columns={})
+    section = fit_channels_last(table, "axes", base)
+    assert section["parameters"]["classes"]["depthwise"]["tap_ms"] == pytest.approx(2e-4, rel=0.3)
+    assert list(section["cv_mape_pct"].values())[0] < 15

@@ -45,6 +45,11 @@ class Family:
     # scipy least_squares loss and its scale: "linear" is plain least squares
     loss: str = "linear"
     loss_scale: float = 1.0
+    # class parameters a profile may leave out (written before they existed), with the value
+    # that switches them off
+    optional_params: Dict[str, float] = {}
+    # class parameters that act only on kernels of more than one tap (K1 x K2 > 1)
+    kernel_params: Tuple[str, ...] = ()
 
     def finalize(self, params: Dict[str, object], arrays: LayerArrays) -> Dict[str, object]:
         """Derived parameters computed after a fit on ``arrays`` (default: none)."""
@@ -71,7 +76,9 @@ class Family:
 
     def class_values(self, arrays: LayerArrays, params: Params, name: str) -> np.ndarray:
         """Per-layer value of class parameter ``name`` (gathered by class)."""
-        table = np.array([float(params["classes"][c][name]) for c in self.classes])
+        default = self.optional_params.get(name)
+        table = np.array([float(params["classes"][c][name] if default is None
+                                else params["classes"][c].get(name, default)) for c in self.classes])
         return table[self.classify(arrays)]
 
 
@@ -143,7 +150,8 @@ class AxesFamily(Family):
 
         compute = tau_c x MMACs x prod_a (1 + h_a / x_a) ** g_a x K ** k_exp x mis / U ** wave_exp
         memory  = bytes / bw
-        ms      = t0_c + (compute ** p + memory ** p) ** (1 / p)
+        taps    = tap_c x (K - 1)
+        ms      = t0_c + (compute ** p + memory ** p + taps ** p) ** (1 / p)
 
     Each axis a in (S, Cin/groups, Cout/groups) has a half-saturation size h_a
     and an exponent g_a: the paper's alpha_K(S) is this factor on the S axis
@@ -151,13 +159,17 @@ class AxesFamily(Family):
     is the occupancy of the last wave of 128 x 128 output tiles over the
     multiprocessors (wave quantization); bytes = input + output + weights; mis is
     mis_cin and/or mis_cout when a channel row is not a multiple of 16 bytes.
-    Depthwise layers (one channel a group) have their channel factors pinned to 1.
+    Depthwise layers (one channel a group) have their channel factors pinned to 1. ``taps``
+    is the latency of a kernel's serial loop over its taps beyond the first, whatever the
+    layer's size: pinned to 0 in the NCHW fit (it did not lower the cross-validated error there),
+    refitted for channels-last inputs, whose depthwise kernels at batch 1 take about 0.18 us
+    (bf16) a tap (docs/forms-ops.md).
     """
 
     name = "axes"
     classes = ("linear", "conv1x1", "convkxk", "grouped", "depthwise")
     class_params = ("tau_ms_per_mmac", "t0_ms", "h_S", "g_S", "h_cin", "g_cin", "h_cout", "g_cout",
-                    "k_exp", "wave_exp", "bw_gb_per_s")
+                    "k_exp", "wave_exp", "bw_gb_per_s", "tap_ms")
     global_params = ("time_scale_ms_per_mmac", "overhead_ms", "sm_count", "tile", "smooth_p",
                      "mis_cin", "mis_cout")
     description = "per-axis saturation of S, Cin/g, Cout/g; K power; wave quantization; memory bound"
@@ -169,8 +181,12 @@ class AxesFamily(Family):
     FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
              "time_scale_ms_per_mmac": 1.0, "depthwise.h_cin": 1.0, "depthwise.g_cin": 0.0,
              "depthwise.h_cout": 1.0, "depthwise.g_cout": 0.0,
-             # a free kernel power did not lower the cross-validated error (docs/forms.md)
-             **{f"{c}.k_exp": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")}}
+             # a free kernel power and a per-tap latency did not lower the cross-validated error
+             # (docs/forms.md); both are refitted for channels-last inputs (fit.CHANNELS_LAST_FREE)
+             **{f"{c}.k_exp": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")},
+             **{f"{c}.tap_ms": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")}}
+    optional_params = {"tap_ms": 0.0}
+    kernel_params = ("k_exp", "tap_ms")
 
     def classify(self, arrays):
         kxk = np.where(arrays.K > 1, 2, 1)
@@ -196,8 +212,9 @@ class AxesFamily(Family):
         occupancy = tiles / (np.ceil(tiles / sms) * sms)
         compute = compute / occupancy ** v["wave_exp"]
         memory = arrays.nbytes / (v["bw_gb_per_s"] * 1e6)  # GB/s -> bytes per ms
+        taps = v["tap_ms"] * (arrays.K - 1).astype(np.float64)
         p = float(params["smooth_p"])
-        return v["t0_ms"], (compute ** p + memory ** p) ** (1.0 / p)
+        return v["t0_ms"], (compute ** p + memory ** p + taps ** p) ** (1.0 / p)
 
     def predict_ms(self, arrays, params):
         t0, body = self._parts(arrays, params)
@@ -224,6 +241,7 @@ class AxesFamily(Family):
             b[f"{c}.k_exp"] = Bound(0.0, -1.0, 1.0)
             b[f"{c}.wave_exp"] = Bound(0.5, 0.0, 2.0)
             b[f"{c}.bw_gb_per_s"] = Bound(2000.0, 10.0, 1e5, log=True)
+            b[f"{c}.tap_ms"] = Bound(1e-4, 0.0, 0.1)
         return b
 
     REFERENCE = (1, 4096, 4096)  # rows, in, out of the dense layer that defines alpha = 1

@@ -61,11 +61,14 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     measured layer keep their initial values. ``fixed`` pins parameters by key (None
     frees one the family pins). ``start`` (a parameters dict, e.g. a fit of related data) gives
     the starting point instead of the family's initial values, clipped into the bounds.
-    ``ftol``: least_squares stops when a step lowers the loss by a smaller fraction.
+    A parameter the family pins (``family.FIXED``) and ``fixed`` frees starts from the
+    family's initial value: ``start`` holds only its pinned value (a per-tap latency of 0 would
+    never move). ``ftol``: least_squares stops when a step lowers the loss by a smaller fraction.
     """
     from scipy.optimize import least_squares
 
-    fixed = dict(getattr(family, "FIXED", {}), **(fixed or {}))
+    pinned = getattr(family, "FIXED", {})
+    fixed = dict(pinned, **(fixed or {}))
     fixed = {k: v for k, v in fixed.items() if v is not None}  # None frees a family's pinned value
     bounds = family.bounds()
     for key, value in fixed.items():
@@ -86,7 +89,7 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     if start is None:
         x0 = to_x([bounds[k].init for k in names])
     else:
-        x0 = np.clip(to_x([parameter_value(start, k) for k in names]), lo, hi)
+        x0 = np.clip(to_x([bounds[k].init if k in pinned else parameter_value(start, k) for k in names]), lo, hi)
     all_names = list(const) + names
 
     def params_of(x):
@@ -108,14 +111,15 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
 # parameters refitted for channels-last inputs, per family (the rest are kept from the NCHW fit):
 # the kernel's speed, floor, bandwidth, wave behaviour and kernel-size power change, the per-axis
 # saturations do not (cross-validated in docs/forms-ops.md); families not listed are refitted whole
-CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp")}
+CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp", "tap_ms")}
 
 
 def channels_last_fixed(fam, base: Mapping[str, object], free: Optional[Sequence[str]]):
     """Parameters pinned to the NCHW fit ``base`` when only ``free`` are refitted (None: none
-    pinned, the whole family refitted); a free parameter the family pins is freed."""
+    pinned, the whole family refitted, the parameters the family pins included); a free
+    parameter the family pins is freed."""
     if free is None:
-        return None
+        return {key: None for key in fam.bounds() if key in getattr(fam, "FIXED", {})}
     fixed: Dict[str, Optional[float]] = {}
     for key in fam.bounds():
         if key.rpartition(".")[2] not in free:
@@ -130,8 +134,8 @@ def channels_last_cv(table: LayerTable, family: str, base: Mapping[str, object],
     """5-fold cross-validated MAPE (%) of refitting ``free`` (None: everything) on channels-last rows.
 
     Each fold's fit starts from ``base`` and stops at a relative loss change of 1e-6 (not 1e-8):
-    the score only chooses a form, and the refit of everything otherwise took up to 2,000
-    evaluations a fold (half a minute of a calibration) for a MAPE 0.1 point apart."""
+    the score describes the form, and the tighter stop costs many more evaluations for a MAPE
+    0.1 point apart."""
     from .layers import take
 
     fam = get_family(family)
@@ -149,35 +153,42 @@ def channels_last_cv(table: LayerTable, family: str, base: Mapping[str, object],
 
 
 def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object],
-                      free: Union[str, Sequence[str], None] = "auto") -> Dict[str, object]:
+                      free: Union[str, Sequence[str], None] = "auto", cv: bool = True) -> Dict[str, object]:
     """The profile's 'channels_last' section: ``family``'s parameters ``base`` (the NCHW fit)
-    with ``free`` refitted on channels-last Conv2d rows (None: all of them). With "auto", the
-    default, CHANNELS_LAST_FREE or all parameters, whichever has the lower 5-fold
-    cross-validated MAPE on these rows (families without CHANNELS_LAST_FREE: all)."""
+    with ``free`` refitted on channels-last Conv2d rows (None: all of them; "auto", the default:
+    CHANNELS_LAST_FREE, or all for families without it). With ``cv`` and 40 rows or more the
+    section records the refit's 5-fold cross-validated MAPE on these rows (``cv_mape_pct``).
+
+    The free set was chosen by that CV against other sets and against refitting everything
+    (benchmarks/compare_op_forms.py, docs/forms-ops.md). Until the per-tap latency joined it, a
+    calibration chose between it and refitting everything by CV each time; with it, the set
+    was as good or better in three of four calibrations, and the refit of everything's folds
+    took up to half a minute of a calibration."""
     fam = get_family(family)
-    cv = None
     if free == "auto":
         free = CHANNELS_LAST_FREE.get(family)
-        if free is not None and len(table) >= 40:
-            default = "refit " + ", ".join(free)
-            cv = {default: channels_last_cv(table, family, base, free),
-                  "refit all": channels_last_cv(table, family, base, None)}
-            if cv["refit all"] < cv[default]:
-                free = None
     free = tuple(free) if free is not None else None
+    scores = None
+    if cv and len(table) >= 40:
+        scores = {"refit " + (", ".join(free) if free else "all"): channels_last_cv(table, family, base, free)}
     nhwc = fit_profile(table, family=family, name="channels_last", keep_data=False,
                        fixed=channels_last_fixed(fam, base, free), start=base)
-    params = dict(nhwc.parameters, classes=dict(nhwc.parameters["classes"]))
-    # classes with no channels-last row (Linear) keep the NCHW values, and alpha keeps its time scale
-    present = set(np.unique(fam.classify(table.arrays)).tolist())
+    params = dict(nhwc.parameters, classes={c: dict(v) for c, v in nhwc.parameters["classes"].items()})
+    # classes with no channels-last row (Linear) keep the NCHW values, and alpha keeps its time scale;
+    # a class whose rows all have one tap (1x1) keeps the NCHW kernel power and per-tap latency,
+    # which have no effect on it (the fit left them where they started)
+    cls_of = fam.classify(table.arrays)
     for i, cls in enumerate(fam.classes):
-        if i not in present:
+        if not (cls_of == i).any():
             params["classes"][cls] = dict(base["classes"][cls])
+        elif (table.arrays.K[cls_of == i] == 1).all():
+            for name in fam.kernel_params:
+                params["classes"][cls][name] = base["classes"][cls].get(name, fam.optional_params.get(name))
     params["time_scale_ms_per_mmac"] = base["time_scale_ms_per_mmac"]
     section = {"parameters": params, "fit": nhwc.provenance["fit"], "source": table.source,
                "n_measurements": nhwc.provenance["n_measurements"], "refitted": list(free or ["all"])}
-    if cv is not None:
-        section["cv_mape_pct"] = cv
+    if scores is not None:
+        section["cv_mape_pct"] = scores
     return section
 
 

@@ -187,7 +187,8 @@ def _check_parameters(family, params: Mapping, where: str) -> None:
         if not isinstance(classes.get(cls), Mapping):
             raise ProfileError(f"{where}: missing object field 'parameters.classes.{cls}'")
         for p in family.class_params:
-            _number(classes[cls], p, f"{where}: parameters.classes.{cls}")
+            if p not in family.optional_params or p in classes[cls]:
+                _number(classes[cls], p, f"{where}: parameters.classes.{cls}")
     _check_ranges(family, params, where)
 
 
@@ -213,7 +214,7 @@ def _check_ops(ops, where: str) -> None:
                     continue  # written before the outer axis existed: costed as STREAM_NEUTRAL
                 v = _number(p, key, f"{where}: {field}")
                 box = STREAM_BOUNDS[key]
-                if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
+                if not _inside(box, v):
                     raise ProfileError(f"{where}: field '{field}.{key}' is {v!r}, outside its "
                                        f"valid range [{box.lo:g}, {box.hi:g}]")
     if "l2_bytes" in ops and _number(ops, "l2_bytes", f"{where}: ops") <= 0:
@@ -229,7 +230,8 @@ def _check_ops(ops, where: str) -> None:
         for key in MATRIX.global_params:
             _number(p, key, sub)
         for key in MATRIX.class_params:
-            _number(p["classes"]["all"], key, sub + ".classes.all")
+            if key not in MATRIX.optional_params or key in p["classes"]["all"]:
+                _number(p["classes"]["all"], key, sub + ".classes.all")
         _check_ranges(MATRIX, p, sub)
     unknown = set(ops) - {"stream", "operators", "l2_bytes", "matmul", "attention", "fit"}
     if unknown:
@@ -295,17 +297,25 @@ def _check_host(host, where: str) -> None:
             raise ProfileError(f"{where}: field 'host.{key}' must not be negative")
 
 
+def _inside(box, v: float) -> bool:
+    """Whether ``v`` lies in the box, a fitted value on a bound (to rounding) included."""
+    slack = 1e-9 * max(abs(box.lo), abs(box.hi))
+    return box.lo - slack <= v <= box.hi + slack
+
+
 def _check_ranges(family, params: Mapping, where: str) -> None:
     """Every parameter inside the box its family fits it in (so predictions stay meaningful)."""
     def value(key):
         if "." in key:
             cls, name = key.split(".", 1)
+            if name in family.optional_params:
+                return params["classes"][cls].get(name, family.optional_params[name])
             return params["classes"][cls][name]
         return params[key]
 
     for key, box in family.bounds().items():
         v = value(key)
-        if not box.lo * (1 - 1e-9) <= v <= box.hi * (1 + 1e-9):
+        if not _inside(box, v):
             field = f"parameters.classes.{key}" if "." in key else f"parameters.{key}"
             raise ProfileError(f"{where}: field '{field}' is {v!r}, outside its valid range "
                                f"[{box.lo:g}, {box.hi:g}]")
