@@ -38,6 +38,7 @@ VARIANTS = [
     ("axes", "axes with a free kernel power K ** k_exp (not shipped)", _each_class("k_exp", None)),
     ("axes", "axes with a per-tap latency tap x (K - 1) (not shipped; channels-last only)",
      _each_class("tap_ms", None)),
+    ("axes", "axes without the per-image factor on H_out x W_out (g_hw = 0)", _each_class("g_hw", 0.0)),
     ("axes", "axes without wave quantization (wave_exp = 0)", _each_class("wave_exp", 0.0)),
     ("axes", "axes without the memory bound (bandwidth 1e5 GB/s)", _each_class("bw_gb_per_s", 1e5)),
     ("axes", "axes without the alignment penalties (mis = 1)", {"mis_cin": 1.0, "mis_cout": 1.0}),

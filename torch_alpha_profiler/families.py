@@ -151,7 +151,7 @@ class AxesFamily(Family):
         compute = tau_c x MMACs x prod_a (1 + h_a / x_a) ** g_a x K ** k_exp x mis / U ** wave_exp
         memory  = bytes / bw
         taps    = tap_c x (K - 1)
-        ms      = t0_c + (compute ** p + memory ** p + taps ** p) ** (1 / p)
+        ms      = t0_c + (1 + h_hw / (H_out x W_out)) ** g_hw x (compute ** p + memory ** p + taps ** p) ** (1 / p)
 
     Each axis a in (S, Cin/groups, Cout/groups) has a half-saturation size h_a
     and an exponent g_a: the paper's alpha_K(S) is this factor on the S axis
@@ -159,7 +159,11 @@ class AxesFamily(Family):
     is the occupancy of the last wave of 128 x 128 output tiles over the
     multiprocessors (wave quantization); bytes = input + output + weights; mis is
     mis_cin and/or mis_cout when a channel row is not a multiple of 16 bytes.
-    Depthwise layers (one channel a group) have their channel factors pinned to 1. ``taps``
+    Depthwise layers (one channel a group) have their channel factors pinned to 1. The factor on
+    H_out x W_out, the output positions of one image, is a saturation of the per-image work: in
+    NCHW memory each image is a problem of its own (a 1x1 convolution is a GEMM per image), so a
+    batch of small images runs slower than one image of as many positions (pinned to 1 for
+    Linear, which has no image). ``taps``
     is the latency of a kernel's serial loop over its taps beyond the first, whatever the
     layer's size: pinned to 0 in the NCHW fit (it did not lower the cross-validated error there),
     refitted for channels-last inputs, whose depthwise kernels at batch 1 take about 0.18 us
@@ -169,7 +173,7 @@ class AxesFamily(Family):
     name = "axes"
     classes = ("linear", "conv1x1", "convkxk", "grouped", "depthwise")
     class_params = ("tau_ms_per_mmac", "t0_ms", "h_S", "g_S", "h_cin", "g_cin", "h_cout", "g_cout",
-                    "k_exp", "wave_exp", "bw_gb_per_s", "tap_ms")
+                    "k_exp", "wave_exp", "bw_gb_per_s", "tap_ms", "h_hw", "g_hw")
     global_params = ("time_scale_ms_per_mmac", "overhead_ms", "sm_count", "tile", "smooth_p",
                      "mis_cin", "mis_cout")
     description = "per-axis saturation of S, Cin/g, Cout/g; K power; wave quantization; memory bound"
@@ -184,8 +188,11 @@ class AxesFamily(Family):
              # a free kernel power and a per-tap latency did not lower the cross-validated error
              # (docs/forms.md); both are refitted for channels-last inputs (fit.CHANNELS_LAST_FREE)
              **{f"{c}.k_exp": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")},
-             **{f"{c}.tap_ms": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")}}
-    optional_params = {"tap_ms": 0.0}
+             **{f"{c}.tap_ms": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")},
+             # a Linear layer has no image (H_out = W_out = 1): its per-image factor is a constant
+             "linear.h_hw": 1.0, "linear.g_hw": 0.0}
+    # absent from profiles written before they existed: no per-tap latency, no per-image factor
+    optional_params = {"tap_ms": 0.0, "h_hw": 1.0, "g_hw": 0.0}
     kernel_params = ("k_exp", "tap_ms")
 
     def classify(self, arrays):
@@ -214,7 +221,8 @@ class AxesFamily(Family):
         memory = arrays.nbytes / (v["bw_gb_per_s"] * 1e6)  # GB/s -> bytes per ms
         taps = v["tap_ms"] * (arrays.K - 1).astype(np.float64)
         p = float(params["smooth_p"])
-        return v["t0_ms"], (compute ** p + memory ** p + taps ** p) ** (1.0 / p)
+        image = (1.0 + v["h_hw"] / (arrays.Hout * arrays.Wout).astype(np.float64)) ** v["g_hw"]
+        return v["t0_ms"], image * (compute ** p + memory ** p + taps ** p) ** (1.0 / p)
 
     def predict_ms(self, arrays, params):
         t0, body = self._parts(arrays, params)
@@ -242,6 +250,8 @@ class AxesFamily(Family):
             b[f"{c}.wave_exp"] = Bound(0.5, 0.0, 2.0)
             b[f"{c}.bw_gb_per_s"] = Bound(2000.0, 10.0, 1e5, log=True)
             b[f"{c}.tap_ms"] = Bound(1e-4, 0.0, 0.1)
+            b[f"{c}.h_hw"] = Bound(8.0, 1e-3, 1e6, log=True)
+            b[f"{c}.g_hw"] = Bound(0.1, 0.0, 2.0)
         return b
 
     REFERENCE = (1, 4096, 4096)  # rows, in, out of the dense layer that defines alpha = 1

@@ -83,7 +83,8 @@ class MatrixFamily(AxesFamily):
     classes = ("all",)
     description = "axes form for (batched) matrix products: S = m, Cin/g = k, Cout/g = n, groups = batch"
     FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
-             "time_scale_ms_per_mmac": 1.0, "all.k_exp": 0.0, "all.tap_ms": 0.0}
+             "time_scale_ms_per_mmac": 1.0, "all.k_exp": 0.0, "all.tap_ms": 0.0,
+             "all.h_hw": 1.0, "all.g_hw": 0.0}  # a matrix product has no image
 
     def classify(self, arrays):
         return np.zeros(len(arrays), dtype=np.int64)
