@@ -9,7 +9,8 @@ from torch import nn
 
 from torch_alpha_profiler.calibrate import measure
 from torch_alpha_profiler.calibrate.measure import RESULT_COLUMNS, build_layer, measure_plan
-from torch_alpha_profiler.calibrate.plan import PLAN_COLUMNS, config_key, fits, macs_of, make_plan, random_rows, row
+from torch_alpha_profiler.calibrate.plan import (PLAN_COLUMNS, config_key, fits, macs_of, make_plan, patch_fits,
+                                                 patchify_rows, random_rows, row)
 from torch_alpha_profiler.calibrate.timers import CpuTimer, CudaGraphTimer, Measurement
 from torch_alpha_profiler.families import PaperFamily
 from torch_alpha_profiler.fit import fit_profile
@@ -74,7 +75,7 @@ def test_full_plan_covers_every_sweep():
         assert name in sweeps
     assert len(p) > 1000
     assert len({config_key(r) for r in p}) == len(p)
-    assert all(fits(r) for r in p)
+    assert all(fits(r) or (r["sweep"] == "patchify" and patch_fits(r)) for r in p)
     t = parse_layer_table(rows_to_csv(p, PLAN_COLUMNS))
     assert t.arrays.is_linear.any() and (t.arrays.groups > 1).any() and (t.arrays.K == 49).any()
 
@@ -334,3 +335,15 @@ def test_calibrate_from_python_saves_raw_then_profile_and_refuses_to_overwrite(t
     # an --out in a folder that does not exist yet: the folder is made
     calibrate(str(tmp_path / "new" / "dir" / "p"), device="cpu", family="paper", scale=0, ops=False)
     assert (tmp_path / "new" / "dir" / "p.json").exists()
+
+
+def test_patchify_rows_have_kernel_equal_to_stride_and_no_padding():
+    rows = patchify_rows()
+    assert rows and all(r["K1"] == r["K2"] == r["stride"] and r["padding"] == "0" for r in rows)
+    # vision transformers' patch embedding at batch 32 (fits() alone would drop it: its output is
+    # bounded by the input's size there) and ConvNeXt's 2x2 downsampling
+    assert {"sweep": "patchify", "N": "32", "Cin": "3", "Cout": "768", "K1": "16", "H": "224"}.items() \
+        <= next(r for r in rows if (r["N"], r["Cout"], r["K1"]) == ("32", "768", "16")).items()
+    assert any((r["Cin"], r["Cout"], r["K1"]) == ("96", "192", "2") for r in rows)
+    t = parse_layer_table(rows_to_csv(rows, PLAN_COLUMNS))
+    assert (t.arrays.Hout == t.arrays.Hin // t.arrays.K1).all()

@@ -151,6 +151,30 @@ def large_activation_rows(sweep: str = "large_act") -> List[Dict[str, str]]:
     return out
 
 
+def patchify_rows(sweep: str = "patchify") -> List[Dict[str, str]]:
+    """Convolutions whose kernel equals their stride, without padding: the patch embeddings of
+    vision transformers and ConvNeXt/Swin stems (3 channels in, kernel 4, 8, 14, 16 or 32 over
+    224x224 images) and ConvNeXt's 2x2 downsampling layers (channels doubled, 56x56 to 14x14),
+    at batch 1 and 32. The sweeps' kernels stop at 7x7 and have stride 1 or 2."""
+    out = []
+    for n in (1, 32):
+        for p in (4, 8, 14, 16, 32):
+            for cout in (64, 96, 128, 192, 384, 768, 1024):
+                out.append(row(sweep, N=n, Cin=3, Cout=cout, H=224, W=224, K=p, stride=p, padding=0))
+        for cin in (64, 96, 128, 192, 256, 384, 512, 768):
+            for h in (56, 28, 14):
+                out.append(row(sweep, N=n, Cin=cin, Cout=2 * cin, H=h, W=h, K=2, stride=2, padding=0))
+    return [r for r in out if patch_fits(r)]
+
+
+def patch_fits(r: Dict[str, str]) -> bool:
+    """fits() for a row whose kernel equals its stride: fits() bounds the output by the input's
+    size (so that the sweeps' rows stay as they were), a patch embedding's output is K x K smaller."""
+    n, cin, cout, h = (int(r[k]) for k in ("N", "Cin", "Cout", "H"))
+    k = int(r["K1"])
+    return macs_of(r) <= MAX_MACS and n * max(cin, -(-cout // (k * k))) * h * h <= MAX_ELEMENTS
+
+
 def realistic_rows(count: int, seed: int, sweep: str = "realistic") -> List[Dict[str, str]]:
     """Random layers shaped like those of real networks: aligned channels, usual sizes."""
     rng = random.Random(seed)
@@ -214,7 +238,7 @@ def random_rows(count: int, seed: int, sweep: str = "random") -> List[Dict[str, 
 def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0) -> List[Dict[str, str]]:
     """The calibration plan: axis sweeps plus random configurations, deduplicated.
 
-    ``scale`` sets the density of the sweeps (1: 3,611 layers, plan v3); tests use ``scale=0``
+    ``scale`` sets the density of the sweeps (1: 3,725 layers, plan v4); tests use ``scale=0``
     for a tiny plan.
     """
     if scale <= 0:
@@ -228,6 +252,7 @@ def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0)
         rows += random_rows(300 * scale if random_count is None else random_count, seed)
         rows += group_width_rows()  # plan v3 (last, so that the rows of v2 keep their places)
         rows += large_activation_rows()
+        rows += patchify_rows()  # plan v4
     seen, out = set(), []
     for r in rows:
         key = config_key(r)

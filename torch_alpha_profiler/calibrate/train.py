@@ -18,7 +18,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from .measure import Progress, RESULT_COLUMNS, build_layer, run_rows, timing_fields
-from .plan import takes_image
+from .plan import config_key, takes_image
 from .opplan import KINDS
 
 TRAIN_COLUMNS = ("source", "op", "d0", "d1", "d2", "d3") + tuple(c for c in RESULT_COLUMNS if c != "status") + (
@@ -57,12 +57,17 @@ def train_plan(layer_plan: Sequence[Dict[str, str]], op_plan: Sequence[Dict[str,
     and every op row of ``extra_ops`` (opplan.norm_train_rows: batch norms at networks' shapes).
 
     The no-input-grad rows are drawn at random, not by a stride: the sweeps repeat with short
-    periods, and a stride keeps landing on the same stride or size."""
-    import random
+    periods, and a stride keeps landing on the same stride or size. A row is drawn by a hash of
+    its configuration (and ``seed``), so rows appended to the plan leave earlier draws as they
+    were and a resumed calibration measures only the new rows' share."""
+    import hashlib
+
+    def drawn(r):
+        digest = hashlib.sha256(f"{seed}:{config_key(r)}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64 < no_input_grad_share
 
     layers = [dict(r, source="layer", input_grad="1") for r in layer_plan[::layer_every]]
-    drawn = set(random.Random(seed).sample(range(len(layers)), int(len(layers) * no_input_grad_share)))
-    rows = layers + [dict(r, input_grad="0") for i, r in enumerate(layers) if i in drawn or takes_image(r)]
+    rows = layers + [dict(r, input_grad="0") for r in layers if drawn(r) or takes_image(r)]
     ops = [r for r in op_plan if r["op"] in TRAIN_OP_KINDS]
     rows += [dict(r, source="op", kind="", input_grad="1") for r in ops[::op_every]]
     rows += [dict(r, source="layer", input_grad="1") for r in nhwc_plan[::nhwc_every]]
