@@ -322,3 +322,26 @@ def test_channels_last_refit_learns_a_per_tap_latency_the_nchw_fit_pins():
     section = fit_channels_last(table, "axes", base)
     assert section["parameters"]["classes"]["depthwise"]["tap_ms"] == pytest.approx(2e-4, rel=0.3)
     assert list(section["cv_mape_pct"].values())[0] < 15
+
+
+# ------------------------------------------------------------ per-image factor (H_out x W_out)
+def test_per_image_factor_tells_a_batch_of_small_images_from_one_large_image():
+    from torch_alpha_profiler.families import get_family
+
+    fam = get_family("axes")
+    params = copy.deepcopy(dict(load_profile("h100-fp32", warn_device=False).parameters))
+    c = params["classes"]["conv1x1"]
+    assert c["g_hw"] > 0 and params["classes"]["linear"]["g_hw"] == 0.0  # Linear has no image
+    # the same 1x1 layer and output positions S: 64 images of 7x7, or one image of 56x56
+    kw = dict(is_linear=[False, False], Cin=[256, 256], Cout=[256, 256], K1=[1, 1], K2=[1, 1],
+              stride=[1, 1], groups=[1, 1])
+    arrays = make_arrays(N=[64, 1], Hin=[7, 56], Win=[7, 56], Hout=[7, 56], Wout=[7, 56], **kw)
+    assert arrays.S.tolist() == [3136, 3136]
+    small, large = fam.predict_ms(arrays, params)
+    assert small > large
+    # switched off (g_hw = 0, as a profile written before it existed): the two cost the same
+    for cls in params["classes"].values():
+        cls.pop("h_hw"), cls.pop("g_hw")
+    assert np.allclose(*fam.predict_ms(arrays, params))
+    assert profile_from_dict(dict(load_profile("h100-fp32", warn_device=False).to_dict(),
+                                  parameters=params)).parameters["classes"]["conv1x1"].get("g_hw") is None
