@@ -275,6 +275,12 @@ def config_key(r: Dict[str, str]) -> str:
     return key + "," + layout if layout and layout != "nchw" else key
 
 
+# channels of the channels-last depthwise rows: ConvNeXt's (96-768 for T/S, 1024 for B). 128 and
+# 512 were measured until session 5: a refit without them predicts them as well as 5-fold CV
+# with them (benchmarks/data/probe-speed/README.md), and each costs cuDNN a setup of ~0.2 s
+DW_NHWC_CHANNELS = (96, 192, 256, 384, 768, 1024)
+
+
 def channels_last_plan(plan: List[Dict[str, str]], every: int = 20, depthwise: bool = True) -> List[Dict[str, str]]:
     """Every ``every``-th Conv2d row of ``plan`` with a channels-last (NHWC) input, and (with
     ``depthwise``, for full plans) the depthwise convolutions channels-last networks run
@@ -291,7 +297,7 @@ def channels_last_plan(plan: List[Dict[str, str]], every: int = 20, depthwise: b
     if depthwise and len(plan) > 100:
         seen = {config_key(r) for r in rows}
         for k in (3, 5, 7):
-            for c in (96, 128, 192, 256, 384, 512, 768, 1024):
+            for c in DW_NHWC_CHANNELS:
                 for n in (1, 32):
                     for h in (7, 14, 28, 56):
                         r = dict(row("dw_nhwc", N=n, Cin=c, Cout=c, H=h, W=h, K=k, groups=c), layout="nhwc")
