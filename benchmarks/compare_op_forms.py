@@ -33,15 +33,22 @@ FOLDS, SEED = 5, 0
 CHANNELS_LAST_NOTE = ("`fit.fit_channels_last` refits the default set (`fit.CHANNELS_LAST_FREE`). It keeps "
                       "the per-axis saturations of the NCHW fit and refits, from a seventh as many rows, only what "
                       "a different kernel changes: its peak rate, floor, bandwidth, wave behaviour, kernel-size "
-                      "power and per-tap latency. The kernel power was added when the channels-last plan gained "
+                      "power, per-tap latency and per-image factor. The kernel power was added when the channels-last plan gained "
                       "its depthwise rows (plan.channels_last_plan): fp32 channels-last 7x7 depthwise kernels "
                       "slow down with the kernel size far more than NCHW ones. The per-tap latency came next: "
                       "at batch 1 a channels-last depthwise kernel takes about as long for 96 as for 1024 "
                       "channels, and about 0.18 us (bf16) more for each tap, a floor that no power of the "
                       "kernel size on the MACs describes. Until then each calibration chose between the default "
-                      "and refitting everything by this CV; with the per-tap latency the default is as good or "
-                      "better in both dtypes here and in the fresh calibration of run 12, and refitting "
-                      "everything is slow (up to half a minute of a calibration), so the choice is made here.")
+                      "and refitting everything by this CV. Refitting everything is lower in bf16 in the tables "
+                      "above (by 2.3 points; 0.3 higher in fp32), but over two calibrations it is no better on "
+                      "average and less stable: on the fresh calibration of run 15 it is 2.2 points higher in "
+                      "fp32 and 5.3 in bf16 (`benchmarks/channels_last_refit_choice.py`, "
+                      "`benchmarks/data/probe-speed/channels-last-refit-choice.md`), and its fit took up to 45 s "
+                      "of a calibration. The default set is kept. The per-image factor joined it last: the NCHW "
+                      "fit's factor (in NCHW each image is a problem of its own) does not carry over to "
+                      "channels-last kernels, and refitting it lowered the CV MAPE in three of four cases and "
+                      "left the fourth as it was (committed and run-15 calibrations, fp32 and bf16; "
+                      "channels-last-refit-choice.md).")
 SHIPPED = "shipped: floor, bandwidth, L2 term, inner axis"
 STREAM_VARIANTS = [
     # (label, pins, inner axis for INNER_RULES operators): the shipped form, one effect off or on at a time
@@ -167,7 +174,10 @@ def main(argv=None):
                             ("tau, t0, bandwidth, wave exponent, kernel power", ("tau_ms_per_mmac", "t0_ms",
                                                                                   "bw_gb_per_s", "wave_exp",
                                                                                   "k_exp")),
-                            ("tau, t0, bandwidth, wave exponent, kernel power, per-tap latency (default)", shipped),
+                            ("tau, t0, bandwidth, wave exponent, kernel power, per-tap latency",
+                             ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp", "tap_ms")),
+                            ("tau, t0, bandwidth, wave exponent, kernel power, per-tap latency, per-image factor "
+                             "(default)", shipped),
                             ("all parameters (the kernel power and per-tap latency included)", "all")):
             ape = _ape(channels_last_cv(nchw, nhwc, "axes", free), nhwc.time_ms)
             lines.append(f"| {label} | {ape.mean():.1f} | {np.median(ape):.1f} |")

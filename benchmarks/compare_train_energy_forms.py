@@ -88,8 +88,10 @@ def channels_last_train_forms(data, dtype):
     out = []
     for label, free in (("speed, floor, bandwidth, wave", FOUR),
                         ("speed, floor, bandwidth, wave, kernel power", FOUR + ("k_exp",)),
-                        ("speed, floor, bandwidth, wave, kernel power, per-tap latency (default)",
+                        ("speed, floor, bandwidth, wave, kernel power, per-tap latency",
                          FOUR + ("k_exp", "tap_ms")),
+                        ("speed, floor, bandwidth, wave, kernel power, per-tap latency, per-image factor (default)",
+                         FOUR + ("k_exp", "tap_ms", "h_hw", "g_hw")),
                         ("all parameters", None)):
         pred = np.zeros(len(nhwc))
         for k in range(FOLDS):
