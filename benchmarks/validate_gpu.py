@@ -683,7 +683,7 @@ ENERGY_MISSES = """### Energy and training steps: where the prediction still mis
   and SqueezeNet, a third low in energy as in time): the static power multiplies the predicted
   time. Where the time is right, the energy is mostly within 10%.
 - Training steps: both dtypes meet the issue's targets (fp32 MAPE 9.3%, Spearman 0.973; bf16
-  8.5%, 0.982). Session 4 moved them from 12.7% and 16.1% MAPE (Spearman 0.944 and 0.954) to
+  8.4%, 0.982). Session 4 moved them from 12.7% and 16.1% MAPE (Spearman 0.944 and 0.954) to
   10.0% and 9.7% (0.964 and 0.976), each change a mechanism found in the calibration or the
   per-operator breakdown:
   - the training plan times every layer row: it took every 8th, and the sweeps' periods made
@@ -698,7 +698,7 @@ ENERGY_MISSES = """### Energy and training steps: where the prediction still mis
     went from -39% (plan v3 before these rows) to -11% (fp32);
   - a biased Conv2d's bias kernels (an add in the forward, a sum in the backward).
   Session 5's per-image factor of the layer family (model.md; chosen by cross-validation on the
-  forward calibration) moved them to 9.3% and 8.3%.
+  forward calibration) moved them to 9.3% and 8.4%.
 - fp32 misses: the RegNets (-11 to -31%: few-group convolutions, as in the forward),
   SqueezeNet (-22%), Inception (-14%), vgg16 (+11%) and the ResNets (+5 to +10%).
 - Training-step energy follows the step time's errors and misses more than the forward: the
