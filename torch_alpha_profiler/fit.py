@@ -164,9 +164,9 @@ def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object]
 
     The free set was chosen by that CV against other sets and against refitting everything
     (benchmarks/compare_op_forms.py, docs/forms-ops.md). Until the per-tap latency joined it, a
-    calibration chose between it and refitting everything by CV each time; with it, the set
-    was as good or better in three of four calibrations, and the refit of everything's folds
-    took up to half a minute of a calibration."""
+    calibration chose between it and refitting everything by CV each time; refitting everything
+    is no better on average over two calibrations, less stable, and its fit took up to 45 s of a
+    calibration (benchmarks/channels_last_refit_choice.py)."""
     fam = get_family(family)
     if free == "auto":
         free = CHANNELS_LAST_FREE.get(family)
