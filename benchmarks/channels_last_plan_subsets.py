@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from torch_alpha_profiler.families import get_family  # noqa: E402
-from torch_alpha_profiler.fit import (CHANNELS_LAST_FREE, channels_last_fixed, fit_channels_last,  # noqa: E402
-                                      fit_parameters)
+from torch_alpha_profiler.fit import (CHANNELS_LAST_FREE, channels_last_cv_predictions,  # noqa: E402
+                                      fit_channels_last)
 from torch_alpha_profiler.layers import take  # noqa: E402
 from torch_alpha_profiler.profile import load_profile  # noqa: E402
 from torch_alpha_profiler.tables import read_layer_table, with_default_dtype  # noqa: E402
@@ -52,12 +52,7 @@ def main(argv=None):
             sweep = np.array([r["sweep"] for r in csv.DictReader(f) if r["status"] == "ok"])
         base = load_profile(name, warn_device=False).parameters
         y = t.time_ms
-        fold = np.random.default_rng(0).integers(0, 5, len(t))
-        cv = np.zeros(len(t))
-        fixed = channels_last_fixed(fam, base, CHANNELS_LAST_FREE["axes"])
-        for k in range(5):
-            p = fit_parameters(fam, take(t.arrays, fold != k), y[fold != k], fixed, start=base, ftol=1e-6)
-            cv[fold == k] = fam.predict_ms(take(t.arrays, fold == k), p)
+        cv, _ = channels_last_cv_predictions(t, "axes", base, CHANNELS_LAST_FREE["axes"])
         for label, keep in subsets(t, sweep).items():
             kept = dataclasses.replace(t, arrays=take(t.arrays, keep), time_ms=y[keep])
             params = fit_channels_last(kept, "axes", base, cv=False)["parameters"]

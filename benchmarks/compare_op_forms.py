@@ -21,8 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from torch_alpha_profiler.families import get_family  # noqa: E402
-from torch_alpha_profiler.fit import CHANNELS_LAST_FREE, channels_last_fixed, fit_parameters, fit_profile  # noqa: E402
-from torch_alpha_profiler.layers import take  # noqa: E402
+from torch_alpha_profiler.fit import CHANNELS_LAST_FREE, channels_last_cv_predictions, fit_profile  # noqa: E402
 from torch_alpha_profiler.opcost import STREAM_NEUTRAL, STREAM_PINNED, stream_ms  # noqa: E402
 from torch_alpha_profiler.opfit import _ok_rows, fit_stream_class, row_inner, row_operator  # noqa: E402
 from torch_alpha_profiler.ops import INNER_RULES, STREAM_CLASSES  # noqa: E402
@@ -90,22 +89,13 @@ def stream_cv(rows, pins, inner_axis, per_operator):
     return pred, t, cls
 
 
-def channels_last_cv(nchw, nhwc, family, free):
-    """CV predictions of the channels-last rows; ``free``: parameters refitted (None: none, 'all')."""
-    fam = get_family(family)
-    base = fit_profile(nchw, family=family, keep_data=False).parameters
-    folds = _folds(len(nhwc))
-    pred = np.zeros(len(nhwc))
-    for k in range(FOLDS):
-        train, test = folds != k, folds == k
-        if free is None:
-            params = base
-        else:  # as fit.channels_last_cv: from the NCHW fit, 'all' frees what the family pins too
-            params = fit_parameters(fam, take(nhwc.arrays, train), nhwc.time_ms[train],
-                                    fixed=channels_last_fixed(fam, base, None if free == "all" else free),
-                                    start=base, ftol=1e-6)
-        pred[test] = fam.predict_ms(take(nhwc.arrays, test), params)
-    return pred
+def channels_last_cv(base, nhwc, family, free):
+    """CV predictions of the channels-last rows on the NCHW parameters ``base``; ``free``:
+    parameters refitted (None: none, the NCHW parameters as they are; 'all': everything, as
+    fit.channels_last_cv_predictions with None)."""
+    if free is None:
+        return get_family(family).predict_ms(nhwc.arrays, base)
+    return channels_last_cv_predictions(nhwc, family, base, None if free == "all" else free, FOLDS, SEED)[0]
 
 
 def _layout_speedup(data, dtype):
@@ -161,6 +151,7 @@ def main(argv=None):
         nchw = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
         nhwc = with_default_dtype(read_layer_table(os.path.join(args.data, f"calib-{dtype}-nhwc.csv")), dtype)
         shipped = CHANNELS_LAST_FREE["axes"]
+        base = fit_profile(nchw, family="axes", keep_data=False).parameters  # once, for every variant
         lines += ["", f"## {dtype}: channels-last Conv2d ({len(nhwc)} calibration rows)", "",
                   _layout_speedup(args.data, dtype), "",
                   "The axes family's NCHW parameters (fitted on `calib-DTYPE.csv`), with some parameters refitted "
@@ -179,7 +170,7 @@ def main(argv=None):
                             ("tau, t0, bandwidth, wave exponent, kernel power, per-tap latency, per-image factor "
                              "(default)", shipped),
                             ("all parameters (the kernel power and per-tap latency included)", "all")):
-            ape = _ape(channels_last_cv(nchw, nhwc, "axes", free), nhwc.time_ms)
+            ape = _ape(channels_last_cv(base, nhwc, "axes", free), nhwc.time_ms)
             lines.append(f"| {label} | {ape.mean():.1f} | {np.median(ape):.1f} |")
             print(dtype, "channels-last", label, f"{ape.mean():.1f}", flush=True)
         lines.append("")
