@@ -143,6 +143,10 @@ AXES = (("S", "output positions N x H_out x W_out (rows for Linear)"),
         ("cout", "output channels per group (out-features for Linear)"))
 
 
+# the axes family's layer classes: they run different kernels (AxesFamily)
+LAYER_CLASSES = ("linear", "conv1x1", "convkxk", "grouped", "depthwise")
+
+
 class AxesFamily(Family):
     """Per-axis corrections of FLOPs with a wave and a memory bound (calibrated family).
 
@@ -171,7 +175,7 @@ class AxesFamily(Family):
     """
 
     name = "axes"
-    classes = ("linear", "conv1x1", "convkxk", "grouped", "depthwise")
+    classes = LAYER_CLASSES
     class_params = ("tau_ms_per_mmac", "t0_ms", "h_S", "g_S", "h_cin", "g_cin", "h_cout", "g_cout",
                     "k_exp", "wave_exp", "bw_gb_per_s", "tap_ms", "h_hw", "g_hw")
     global_params = ("time_scale_ms_per_mmac", "overhead_ms", "sm_count", "tile", "smooth_p",
@@ -187,8 +191,7 @@ class AxesFamily(Family):
              "depthwise.h_cout": 1.0, "depthwise.g_cout": 0.0,
              # a free kernel power and a per-tap latency did not lower the cross-validated error
              # (docs/forms.md); both are refitted for channels-last inputs (fit.CHANNELS_LAST_FREE)
-             **{f"{c}.k_exp": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")},
-             **{f"{c}.tap_ms": 0.0 for c in ("linear", "conv1x1", "convkxk", "grouped", "depthwise")},
+             **{f"{c}.{p}": 0.0 for c in LAYER_CLASSES for p in ("k_exp", "tap_ms")},
              # a Linear layer has no image (H_out = W_out = 1): its per-image factor is a constant
              "linear.h_hw": 1.0, "linear.g_hw": 0.0}
     # absent from profiles written before they existed: no per-tap latency, no per-image factor
