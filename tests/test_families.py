@@ -147,3 +147,75 @@ def test_bounds_cover_every_parameter_and_contain_init():
     assert set(b) == {"time_scale_ms_per_mmac", "overhead_ms", "k1.beta", "k1.gamma", "kgt1.beta", "kgt1.gamma"}
     for name, bound in b.items():
         assert bound.lo <= bound.init <= bound.hi, name
+
+
+# ------------------------------------------------------------ axes family: kernel size, stride
+def _axes_params():
+    import copy
+
+    from torch_alpha_profiler.profile import load_profile
+
+    return copy.deepcopy(dict(load_profile("h100-fp32", warn_device=False).parameters))
+
+
+def _dense(K, stride=1, N=8, C=256, H=28):
+    n = len(K)
+    full = lambda v: np.full(n, v)  # noqa: E731
+    K = np.asarray(K)
+    stride = np.broadcast_to(np.atleast_1d(stride), (n,))
+    out = -(-H // stride)
+    return make_arrays(is_linear=full(False), N=full(N), Cin=full(C), Cout=full(C), Hin=full(H), Win=full(H),
+                       Hout=out, Wout=out, K1=K, K2=K, stride=stride, groups=full(1))
+
+
+def test_kernel_log_factor_is_one_up_to_3x3_and_log_linear_in_the_side_beyond():
+    lf = families.kernel_log_factor(np.array([1, 7, 9, 16, 25, 36, 49, 121, 256]), math.log(0.5), math.log(2.0))
+    # 1x1, 1x7 (side 2.6) and 3x3: 1; 4x4 halfway to k5 in log; 5x5: k5; 6x6 halfway from k5 to k7;
+    # 7x7 and beyond (patch embeddings): k7
+    expected = [0, 0, 0, 0.5 * math.log(0.5), math.log(0.5), 0.5 * (math.log(0.5) + math.log(2.0)),
+                math.log(2.0), math.log(2.0), math.log(2.0)]
+    assert np.allclose(lf, expected)
+
+
+def test_kernel_size_factors_scale_the_kernel_time_of_5x5_and_7x7_layers_only():
+    fam = get_family("axes")
+    p = _axes_params()
+    for name in ("k5_f", "k7_f"):
+        p["classes"]["convkxk"][name] = 1.0
+    arrays = _dense([3, 5, 7])
+    off = fam.predict_ms(arrays, p)
+    p["classes"]["convkxk"]["k5_f"], p["classes"]["convkxk"]["k7_f"] = 0.5, 3.0
+    on = fam.predict_ms(arrays, p)
+    t0 = p["classes"]["convkxk"]["t0_ms"]
+    assert on[0] == off[0]
+    assert (on[1] - t0) == pytest.approx(0.5 * (off[1] - t0)) and (on[2] - t0) == pytest.approx(3.0 * (off[2] - t0))
+
+
+def test_a_strided_1x1_convolution_costs_a_gather_pass_on_top():
+    """gather = t0 + (input read + strided copy written) / bandwidth, beside a stride-1 1x1
+    convolution over the smaller image; other classes have no gather pass."""
+    fam = get_family("axes")
+    p = _axes_params()
+    c = p["classes"]["conv1x1"]
+    assert c["gather"] == 1.0 and all(p["classes"][k]["gather"] == 0.0 for k in ("linear", "convkxk", "grouped"))
+    strided = _dense([1], stride=2, H=56)
+    same = make_arrays(is_linear=[False], N=[8], Cin=[256], Cout=[256], Hin=[28], Win=[28], Hout=[28], Wout=[28],
+                       K1=[1], K2=[1], stride=[1], groups=[1])
+    copied = 4 * 8 * 256 * (56 * 56 + 28 * 28)
+    gather = c["t0_ms"] + copied / (c["bw_gb_per_s"] * 1e6)
+    t_strided = fam.predict_ms(strided, p)[0]
+    c["gather"] = 0.0
+    assert t_strided == pytest.approx(fam.predict_ms(strided, p)[0] + gather)
+    assert fam.predict_ms(strided, p)[0] >= fam.predict_ms(same, p)[0]  # the strided layer reads more
+    # a profile written before the gather pass existed (no 'gather') has none
+    del c["gather"]
+    assert fam.predict_ms(strided, p)[0] == pytest.approx(t_strided - gather)
+
+
+def test_matrix_products_are_pinned_like_linear_layers():
+    from torch_alpha_profiler.families import AxesFamily
+    from torch_alpha_profiler.opcost import MatrixFamily
+
+    pinned = {k.split(".", 1)[1]: v for k, v in AxesFamily.FIXED.items() if k.startswith("linear.")}
+    assert {"k_exp", "tap_ms", "h_hw", "g_hw", "stride_f", "k5_f", "k7_f", "gather"} <= set(pinned)
+    assert all(MatrixFamily.FIXED["all." + k] == v for k, v in pinned.items())

@@ -143,6 +143,15 @@ AXES = (("S", "output positions N x H_out x W_out (rows for Linear)"),
         ("cout", "output channels per group (out-features for Linear)"))
 
 
+def kernel_log_factor(K, log_k5, log_k7) -> np.ndarray:
+    """ln of the kernel-size factor of kernels of K = K1 x K2 taps: 0 up to a side (sqrt K) of 3,
+    ``log_k5`` at 5 and ``log_k7`` from 7 on, linear in the side in between."""
+    side = np.sqrt(np.asarray(K, dtype=np.float64))
+    return np.where(side <= 3, 0.0,
+                    np.where(side <= 5, log_k5 * (side - 3) / 2,
+                             np.where(side <= 7, log_k5 + (log_k7 - log_k5) * (side - 5) / 2, log_k7)))
+
+
 # the axes family's layer classes: they run different kernels (AxesFamily)
 LAYER_CLASSES = ("linear", "conv1x1", "convkxk", "grouped", "depthwise")
 
@@ -155,7 +164,13 @@ class AxesFamily(Family):
         compute = tau_c x MMACs x prod_a (1 + h_a / x_a) ** g_a x K ** k_exp x mis / U ** wave_exp
         memory  = bytes / bw
         taps    = tap_c x (K - 1)
-        ms      = t0_c + (1 + h_hw / (H_out x W_out)) ** g_hw x (compute ** p + memory ** p + taps ** p) ** (1 / p)
+        ms      = t0_c + image x stride x kernel x (compute ** p + memory ** p + taps ** p) ** (1 / p) + gather
+        image   = (1 + h_hw / (H_out x W_out)) ** g_hw
+        stride  = stride_f if the layer's stride is above 1, else 1
+        kernel  = 1 for a kernel side of 3 or less, k5_f at 5, k7_f at 7 and beyond
+                  (log-linear in between; side = sqrt(K1 x K2))
+        gather  = gather_c x (t0_c + bytes of the input read and of the strided copy written / bw)
+                  for a layer of stride above 1
 
     Each axis a in (S, Cin/groups, Cout/groups) has a half-saturation size h_a
     and an exponent g_a: the paper's alpha_K(S) is this factor on the S axis
@@ -167,7 +182,15 @@ class AxesFamily(Family):
     H_out x W_out, the output positions of one image, is a saturation of the per-image work: in
     NCHW memory each image is a problem of its own (a 1x1 convolution is a GEMM per image), so a
     batch of small images runs slower than one image of as many positions (pinned to 1 for
-    Linear, which has no image). ``taps``
+    Linear, which has no image). The kernel-size factors say how much slower or faster cuDNN's
+    5x5 and 7x7 kernels run than its 3x3 ones at the same geometry (the kernel families differ
+    by filter size); like the paper's per-kernel-size beta_K, gamma_K, they are per class and
+    per kernel size. A strided 1x1 convolution is costed as two kernels (``gather`` = 1 for that
+    class, 0 for the others): a strided copy of its input, one more per-call floor and one pass
+    over the input at the class's bandwidth, then a stride-1 1x1 convolution over the smaller
+    image. The stride factor (how much slower a strided kernel runs) is pinned to 1 in the NCHW
+    fit, where it did not lower the cross-validated error besides the gather pass, and refitted
+    for channels-last inputs (docs/forms.md, docs/forms-ops.md). ``taps``
     is the latency of a kernel's serial loop over its taps beyond the first, whatever the
     layer's size: pinned to 0 in the NCHW fit (it did not lower the cross-validated error there),
     refitted for channels-last inputs, whose depthwise kernels at batch 1 take about 0.18 us
@@ -177,7 +200,8 @@ class AxesFamily(Family):
     name = "axes"
     classes = LAYER_CLASSES
     class_params = ("tau_ms_per_mmac", "t0_ms", "h_S", "g_S", "h_cin", "g_cin", "h_cout", "g_cout",
-                    "k_exp", "wave_exp", "bw_gb_per_s", "tap_ms", "h_hw", "g_hw")
+                    "k_exp", "wave_exp", "bw_gb_per_s", "tap_ms", "h_hw", "g_hw", "stride_f", "k5_f",
+                    "k7_f", "gather")
     global_params = ("time_scale_ms_per_mmac", "overhead_ms", "sm_count", "tile", "smooth_p",
                      "mis_cin", "mis_cout")
     description = "per-axis saturation of S, Cin/g, Cout/g; K power; wave quantization; memory bound"
@@ -193,10 +217,18 @@ class AxesFamily(Family):
              # (docs/forms.md); both are refitted for channels-last inputs (fit.CHANNELS_LAST_FREE)
              **{f"{c}.{p}": 0.0 for c in LAYER_CLASSES for p in ("k_exp", "tap_ms")},
              # a Linear layer has no image (H_out = W_out = 1): its per-image factor is a constant
-             "linear.h_hw": 1.0, "linear.g_hw": 0.0}
-    # absent from profiles written before they existed: no per-tap latency, no per-image factor
-    optional_params = {"tap_ms": 0.0, "h_hw": 1.0, "g_hw": 0.0}
-    kernel_params = ("k_exp", "tap_ms")
+             "linear.h_hw": 1.0, "linear.g_hw": 0.0,
+             # a stride factor did not lower it once strided 1x1 convolutions had their gather
+             # pass (docs/forms.md): refitted for channels-last inputs only
+             **{f"{c}.stride_f": 1.0 for c in LAYER_CLASSES},
+             # a Linear layer has no kernel, and a 1x1 convolution's kernel is one tap
+             **{f"{c}.{p}": 1.0 for c in ("linear", "conv1x1") for p in ("k5_f", "k7_f")},
+             **{f"{c}.gather": float(c == "conv1x1") for c in LAYER_CLASSES}}
+    # absent from profiles written before they existed: no per-tap latency, no per-image factor,
+    # no stride or kernel-size factor, no gather pass
+    optional_params = {"tap_ms": 0.0, "h_hw": 1.0, "g_hw": 0.0, "stride_f": 1.0, "k5_f": 1.0, "k7_f": 1.0,
+                       "gather": 0.0}
+    kernel_params = ("k_exp", "tap_ms", "k5_f", "k7_f")
 
     def classify(self, arrays):
         kxk = np.where(arrays.K > 1, 2, 1)
@@ -225,7 +257,11 @@ class AxesFamily(Family):
         taps = v["tap_ms"] * (arrays.K - 1).astype(np.float64)
         p = float(params["smooth_p"])
         image = (1.0 + v["h_hw"] / (arrays.Hout * arrays.Wout).astype(np.float64)) ** v["g_hw"]
-        return v["t0_ms"], image * (compute ** p + memory ** p + taps ** p) ** (1.0 / p)
+        stride = np.where(arrays.stride > 1, v["stride_f"], 1.0)
+        kernel = np.exp(kernel_log_factor(arrays.K, np.log(v["k5_f"]), np.log(v["k7_f"])))
+        copied = arrays.itemsize * arrays.N * arrays.Cin * (arrays.Hin * arrays.Win + arrays.Hout * arrays.Wout)
+        gather = np.where(arrays.stride > 1, v["gather"] * (v["t0_ms"] + copied / (v["bw_gb_per_s"] * 1e6)), 0.0)
+        return v["t0_ms"], image * stride * kernel * (compute ** p + memory ** p + taps ** p) ** (1.0 / p) + gather
 
     def predict_ms(self, arrays, params):
         t0, body = self._parts(arrays, params)
@@ -255,6 +291,9 @@ class AxesFamily(Family):
             b[f"{c}.tap_ms"] = Bound(1e-4, 0.0, 0.1)
             b[f"{c}.h_hw"] = Bound(8.0, 1e-3, 1e6, log=True)
             b[f"{c}.g_hw"] = Bound(0.1, 0.0, 2.0)
+            for name in ("stride_f", "k5_f", "k7_f"):
+                b[f"{c}.{name}"] = Bound(1.0, 0.1, 10.0, log=True)
+            b[f"{c}.gather"] = Bound(0.0, 0.0, 1.0)
         return b
 
     REFERENCE = (1, 4096, 4096)  # rows, in, out of the dense layer that defines alpha = 1

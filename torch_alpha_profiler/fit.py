@@ -44,10 +44,17 @@ def residual_stats(pred: np.ndarray, meas: np.ndarray, classes=None, class_names
     return stats
 
 
-def parameter_value(params: Mapping[str, object], key: str):
-    """The value of parameter ``key`` ('class.name' or a global name) in a parameters dict."""
+def parameter_value(params: Mapping[str, object], key: str, family: Optional[Family] = None):
+    """The value of parameter ``key`` ('class.name' or a global name) in a parameters dict; a
+    class parameter that ``family`` marks optional and ``params`` lacks (a profile written before
+    it existed) has the family's switched-off value."""
     cls, _, name = key.rpartition(".")
-    return params["classes"][cls][name] if cls else params[key]
+    if not cls:
+        return params[key]
+    values = params["classes"][cls]
+    if family is not None and name not in values and name in family.optional_params:
+        return family.optional_params[name]
+    return values[name]
 
 
 def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
@@ -89,7 +96,7 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     if start is None:
         x0 = to_x([bounds[k].init for k in names])
     else:
-        x0 = np.clip(to_x([bounds[k].init if k in pinned else parameter_value(start, k) for k in names]), lo, hi)
+        x0 = np.clip(to_x([bounds[k].init if k in pinned else parameter_value(start, k, family) for k in names]), lo, hi)
     all_names = list(const) + names
 
     def params_of(x):
@@ -109,12 +116,11 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
 
 
 # parameters refitted for channels-last inputs, per family (the rest are kept from the NCHW fit):
-# the kernel's speed, floor, bandwidth, wave behaviour, kernel-size power and per-tap latency change,
-# and the per-image factor (a layout effect: in NCHW each image is a problem of its own), the
-# per-axis saturations do not (cross-validated in docs/forms-ops.md); families not listed are
-# refitted whole
+# the kernel's speed, floor, bandwidth, wave behaviour, kernel-size power, per-tap latency, stride
+# and kernel-size factors change, and the per-image factor (a layout effect), the per-axis
+# saturations do not (cross-validated in docs/forms-ops.md); families not listed are refitted whole
 CHANNELS_LAST_FREE = {"axes": ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp", "tap_ms",
-                                "h_hw", "g_hw")}
+                                "h_hw", "g_hw", "stride_f", "k5_f", "k7_f")}
 
 
 def channels_last_fixed(fam, base: Mapping[str, object], free: Optional[Sequence[str]]):
@@ -126,7 +132,7 @@ def channels_last_fixed(fam, base: Mapping[str, object], free: Optional[Sequence
     fixed: Dict[str, Optional[float]] = {}
     for key in fam.bounds():
         if key.rpartition(".")[2] not in free:
-            fixed[key] = parameter_value(base, key)
+            fixed[key] = parameter_value(base, key, fam)
         elif key in getattr(fam, "FIXED", {}):
             fixed[key] = None
     return fixed

@@ -82,9 +82,10 @@ class MatrixFamily(AxesFamily):
     name = "matrix"
     classes = ("all",)
     description = "axes form for (batched) matrix products: S = m, Cin/g = k, Cout/g = n, groups = batch"
-    FIXED = {"overhead_ms": 0.0, "sm_count": 132.0, "tile": 128.0, "smooth_p": 4.0,
-             "time_scale_ms_per_mmac": 1.0, "all.k_exp": 0.0, "all.tap_ms": 0.0,
-             "all.h_hw": 1.0, "all.g_hw": 0.0}  # a matrix product has no image
+    # the axes family's pinned globals, and what it pins for a Linear layer: a matrix product has
+    # no image, stride or kernel either
+    FIXED = {**{k: v for k, v in AxesFamily.FIXED.items() if "." not in k},
+             **{"all." + k.split(".", 1)[1]: v for k, v in AxesFamily.FIXED.items() if k.startswith("linear.")}}
 
     def classify(self, arrays):
         return np.zeros(len(arrays), dtype=np.int64)
