@@ -21,7 +21,9 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     """Time the calibration plans on ``device`` and fit ``family``; returns the saved profile.
 
     Everything is measured first, each raw time written as it is taken (an
-    interrupted run resumes), then fitted:
+    interrupted run resumes), then fitted; the layer fit runs in a second process while the
+    other stages are measured (the profile is the same as fitting afterwards, and as
+    `alpha-profiler fit` gives, less the channels-last CV score, which only `fit` computes):
 
     * ``PREFIX.csv``: the Conv2d/Linear plan (provenance in ``.csv.env.json``);
     * with ``ops``: ``PREFIX-ops.csv``, the other operations (opplan.py);
@@ -41,7 +43,6 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     """
     import torch
 
-    from ..fit import fit_profile
     from ..tables import read_layer_table
     from .measure import measure_plan
     from .plan import channels_last_plan, make_plan
@@ -84,38 +85,6 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     plan = make_plan(scale=scale, seed=seed)
     measure_plan(plan, raw, device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
     lap("layers")
-    if ops:
-        from .opmeasure import measure_host, measure_op_plan
-        from .opplan import host_plan
-
-        measure_op_plan(_op_plan(scale, seed), ops_csv, device=device, dtype=dtype, timer=timer, resume=resume,
-                        progress=progress)
-        lap("ops")
-        measure_host(host_plan(), host_csv, device=device, dtype=dtype)
-        lap("host")
-        measure_plan(channels_last_plan(plan), nhwc_csv, device=device, dtype=dtype, timer=timer,
-                     resume=resume, progress=progress)
-        lap("channels_last")
-    train_rows = []
-    if train:
-        from .train import measure_train, train_plan
-
-        from .opplan import norm_train_rows
-
-        every = {} if scale > 0 else {"op_every": 1}  # smoke test: all
-        # training keeps every 10th channels-last row (its time is not the calibration's 120 s)
-        train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan, every=10),
-                                extra_ops=norm_train_rows() if scale > 0 else (), **every)
-        measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,
-                      progress=progress)
-        lap("train")
-    if meter is not None:
-        from .power import energy_plan, measure_energy
-
-        measure_energy(energy_plan(plan, _op_plan(scale, seed), train_rows), energy_csv, meter, device=device,
-                       dtype=dtype, resume=resume, progress=progress)
-        lap("energy")
-
     with open(raw + ".env.json") as f:
         env = json.load(f)
     if idle_w is not None:
@@ -123,34 +92,77 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         with open(raw + ".env.json", "w") as f:
             json.dump(env, f, indent=1)
     env.update(source=raw, measurement_env=raw + ".env.json")
-    profile = fit_profile(read_layer_table(raw), family=family,
-                          name=name or os.path.basename(out_prefix), provenance=env)
-    if ops:
-        from dataclasses import replace
+    profile_name = name or os.path.basename(out_prefix)
+    # the layer fit needs only the layer CSV: when other stages follow, a second process fits it on
+    # the CPU while the GPU measures them (on the GPU machine the fits took up to a minute of a
+    # calibration: benchmarks/probe_fit_time.py, benchmarks/data/fresh-run16/)
+    pool = _fit_pool() if ops else None
+    layer_fit = pool.submit(_fit_layers, raw, family, profile_name, env) if pool is not None else None
+    try:
+        if ops:
+            from .opmeasure import measure_host, measure_op_plan
+            from .opplan import host_plan
 
-        from ..fit import fit_channels_last
-        from ..opcost import L2_BYTES
-        from ..opfit import fit_host, fit_ops
-        from .measure import read_results
-
-        l2 = env.get("l2_cache_bytes") or L2_BYTES
-        profile = replace(profile, ops=fit_ops(list(read_results(ops_csv)), l2_bytes=l2),
-                          host=fit_host(list(read_results(host_csv))),
-                          channels_last=fit_channels_last(read_layer_table(nhwc_csv), family,
-                                                          profile.parameters),
-                          provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
-                                          channels_last_source=nhwc_csv))
+            measure_op_plan(_op_plan(scale, seed), ops_csv, device=device, dtype=dtype, timer=timer, resume=resume,
+                            progress=progress)
+            lap("ops")
+            measure_host(host_plan(), host_csv, device=device, dtype=dtype)
+            lap("host")
+            measure_plan(channels_last_plan(plan), nhwc_csv, device=device, dtype=dtype, timer=timer,
+                         resume=resume, progress=progress)
+            lap("channels_last")
+        train_rows = []
         if train:
-            from ..trainfit import fit_train
+            from .train import measure_train, train_plan
 
-            profile = replace(profile, train=fit_train(list(read_results(train_csv)), list(read_results(ops_csv)),
-                                                       family, l2, source=train_csv))
+            from .opplan import norm_train_rows
+
+            every = {} if scale > 0 else {"op_every": 1}  # smoke test: all
+            # training keeps every 10th channels-last row (its time is not the calibration's 120 s)
+            train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan, every=10),
+                                    extra_ops=norm_train_rows() if scale > 0 else (), **every)
+            measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,
+                          progress=progress)
+            lap("train")
         if meter is not None:
-            from ..powerfit import fit_power
+            from .power import energy_plan, measure_energy
 
-            profile = replace(profile, power=fit_power(list(read_results(energy_csv)),
-                                                       list(read_results(ops_csv)), family, idle_w,
-                                                       source=energy_csv))
+            measure_energy(energy_plan(plan, _op_plan(scale, seed), train_rows), energy_csv, meter, device=device,
+                           dtype=dtype, resume=resume, progress=progress)
+            lap("energy")
+
+        profile = layer_fit.result() if layer_fit is not None else _fit_layers(raw, family, profile_name, env)
+        if ops:
+            from dataclasses import replace
+
+            from ..fit import fit_channels_last
+            from ..opcost import L2_BYTES
+            from ..opfit import fit_host, fit_ops
+            from .measure import read_results
+
+            l2 = env.get("l2_cache_bytes") or L2_BYTES
+            profile = replace(profile, ops=fit_ops(list(read_results(ops_csv)), l2_bytes=l2),
+                              host=fit_host(list(read_results(host_csv))),
+                              # its 5-fold CV score is left to `alpha-profiler fit` (five more
+                              # refits: up to 40 s on the GPU machine's CPU)
+                              channels_last=fit_channels_last(read_layer_table(nhwc_csv), family,
+                                                              profile.parameters, cv=False),
+                              provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
+                                              channels_last_source=nhwc_csv))
+            if train:
+                from ..trainfit import fit_train
+
+                profile = replace(profile, train=fit_train(list(read_results(train_csv)), list(read_results(ops_csv)),
+                                                           family, l2, source=train_csv))
+            if meter is not None:
+                from ..powerfit import fit_power
+
+                profile = replace(profile, power=fit_power(list(read_results(energy_csv)),
+                                                           list(read_results(ops_csv)), family, idle_w,
+                                                           source=energy_csv))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     lap("fit")
     seconds["total"] = round(sum(seconds.values()), 1)
     profile = replace_provenance(profile, calibration_seconds=seconds)
@@ -172,3 +184,20 @@ def replace_provenance(profile, **fields):
     from dataclasses import replace
 
     return replace(profile, provenance=dict(profile.provenance, **fields))
+
+
+def _fit_layers(raw: str, family: str, name: str, provenance: dict):
+    """The profile fitted on the layer CSV ``raw`` (run in a second process by calibrate)."""
+    from ..fit import fit_profile
+    from ..tables import read_layer_table
+
+    return fit_profile(read_layer_table(raw), family=family, name=name, provenance=provenance)
+
+
+def _fit_pool():
+    """One worker process, started fresh ('spawn'): it needs no CUDA, and a forked copy of a
+    process that holds a CUDA context must not touch it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
