@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from torch_alpha_profiler.energy import FLOP_CLASSES, WEIGHT_EXPONENTS, _nnls_relative  # noqa: E402
 from torch_alpha_profiler.families import get_family  # noqa: E402
-from torch_alpha_profiler.fit import fit_channels_last, fit_profile  # noqa: E402
+from torch_alpha_profiler.fit import CHANNELS_LAST_FREE, fit_channels_last, fit_profile  # noqa: E402
 from torch_alpha_profiler.powerfit import ENERGY_EXCLUDED_SWEEPS, energy_features, _usable  # noqa: E402
 from torch_alpha_profiler.tables import read_layer_table  # noqa: E402
 from torch_alpha_profiler.trainfit import _nhwc, _ok, layer_rows_table  # noqa: E402
@@ -90,8 +90,10 @@ def channels_last_train_forms(data, dtype):
                         ("speed, floor, bandwidth, wave, kernel power", FOUR + ("k_exp",)),
                         ("speed, floor, bandwidth, wave, kernel power, per-tap latency",
                          FOUR + ("k_exp", "tap_ms")),
-                        ("speed, floor, bandwidth, wave, kernel power, per-tap latency, per-image factor (default)",
+                        ("speed, floor, bandwidth, wave, kernel power, per-tap latency, per-image factor",
                          FOUR + ("k_exp", "tap_ms", "h_hw", "g_hw")),
+                        ("speed, floor, bandwidth, wave, kernel power, per-tap latency, per-image factor, stride and "
+                         "kernel-size factors (default)", CHANNELS_LAST_FREE["axes"]),
                         ("all parameters", None)):
         pred = np.zeros(len(nhwc))
         for k in range(FOLDS):
