@@ -174,8 +174,7 @@ def main(argv=None):
                             ("tau, t0, bandwidth, wave exponent, kernel power, per-tap latency",
                              ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp", "tap_ms")),
                             ("tau, t0, bandwidth, wave exponent, kernel power, per-tap latency, per-image factor",
-                             ("tau_ms_per_mmac", "t0_ms", "bw_gb_per_s", "wave_exp", "k_exp", "tap_ms", "h_hw",
-                              "g_hw")),
+                             tuple(p for p in shipped if p not in ("stride_f", "k5_f", "k7_f"))),
                             ("tau, t0, bandwidth, wave exponent, kernel power, per-tap latency, per-image factor, "
                              "stride and kernel-size factors (default)", shipped),
                             ("the default without the stride factor",

@@ -161,8 +161,8 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
                                                            list(read_results(ops_csv)), family, idle_w,
                                                            source=energy_csv))
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if pool is not None:  # its one task is done unless a stage failed: then do not wait for it
+            pool.shutdown(wait=False, cancel_futures=True)
     lap("fit")
     seconds["total"] = round(sum(seconds.values()), 1)
     profile = replace_provenance(profile, calibration_seconds=seconds)
