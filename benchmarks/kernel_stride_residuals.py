@@ -18,10 +18,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from torch_alpha_profiler.families import LAYER_CLASSES, get_family  # noqa: E402
-from torch_alpha_profiler.fit import fit_parameters  # noqa: E402
-from torch_alpha_profiler.layers import take  # noqa: E402
+from compare_forms import cross_validate  # noqa: E402
+from torch_alpha_profiler.families import LAYER_CLASSES  # noqa: E402
 from torch_alpha_profiler.tables import read_layer_table  # noqa: E402
 
 SESSION5 = {**{f"{c}.{p}": 1.0 for c in LAYER_CLASSES for p in ("k5_f", "k7_f")}, "conv1x1.gather": 0.0}
@@ -44,16 +44,6 @@ def per_mac_ratios(A, y):
     return out
 
 
-def cv_ratios(A, y, fixed, folds=5, seed=0):
-    fam = get_family("axes")
-    fold = np.random.default_rng(seed).integers(0, folds, len(y))
-    pred = np.zeros(len(y))
-    for k in range(folds):
-        params = fit_parameters(fam, take(A, fold != k), y[fold != k], fixed)
-        pred[fold == k] = fam.predict_ms(take(A, fold == k), params)
-    return pred / y
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
@@ -64,15 +54,15 @@ def main(argv=None):
              "Made by `python benchmarks/kernel_stride_residuals.py` from `calib-DTYPE.csv`.", ""]
     for dtype in ("float32", "bfloat16"):
         table = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
-        ok = np.isfinite(table.time_ms) & (table.time_ms > 0)
-        A, y = take(table.arrays, ok), table.time_ms[ok]
+        A, y = table.arrays, table.time_ms
         lines += [f"## {dtype}", "", "Per-MAC time against the 3x3 layer of the same geometry (median over pairs):", "",
                   "| layers | kernel | pairs | per-MAC ratio |", "|---|---:|---:|---:|"]
         for (kind, side), (n, r) in per_mac_ratios(A, y).items():
             lines.append(f"| {kind} | {side}x{side} | {n} | {r:.2f} |")
         lines += ["", "Dense convolutions, median predicted / measured of a 5-fold CV fit:", "",
                   "| kernel | stride | layers | session-5 form | shipped form |", "|---:|---:|---:|---:|---:|"]
-        old, new = cv_ratios(A, y, SESSION5), cv_ratios(A, y, {})
+        # each layer predicted by a 5-fold CV fit (compare_forms' folds)
+        old, new = (cross_validate(table, "axes", fixed) / y for fixed in (SESSION5, {}))
         dense = ~A.is_linear & (A.groups == 1)
         for k in (1, 3, 5, 7):
             for s in (1, 2):
