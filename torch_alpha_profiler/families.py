@@ -74,6 +74,17 @@ class Family:
         """Fit boxes, keyed 'global_name' or 'class.param'."""
         raise NotImplementedError
 
+    def parameter(self, params: Params, key: str) -> float:
+        """The value of parameter ``key`` ('class.name' or a global name) in ``params``; an
+        optional class parameter that ``params`` lacks (a profile written before it existed) has
+        its switched-off value."""
+        cls, _, name = key.rpartition(".")
+        if not cls:
+            return params[key]
+        if name in self.optional_params:
+            return params["classes"][cls].get(name, self.optional_params[name])
+        return params["classes"][cls][name]
+
     def class_values(self, arrays: LayerArrays, params: Params, name: str) -> np.ndarray:
         """Per-layer value of class parameter ``name`` (gathered by class)."""
         default = self.optional_params.get(name)

@@ -44,19 +44,6 @@ def residual_stats(pred: np.ndarray, meas: np.ndarray, classes=None, class_names
     return stats
 
 
-def parameter_value(params: Mapping[str, object], key: str, family: Optional[Family] = None):
-    """The value of parameter ``key`` ('class.name' or a global name) in a parameters dict; a
-    class parameter that ``family`` marks optional and ``params`` lacks (a profile written before
-    it existed) has the family's switched-off value."""
-    cls, _, name = key.rpartition(".")
-    if not cls:
-        return params[key]
-    values = params["classes"][cls]
-    if family is not None and name not in values and name in family.optional_params:
-        return family.optional_params[name]
-    return values[name]
-
-
 def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
                    fixed: Optional[Mapping[str, float]] = None,
                    start: Optional[Mapping[str, object]] = None, ftol: float = 1e-8) -> Dict[str, object]:
@@ -96,7 +83,7 @@ def fit_parameters(family: Family, arrays: LayerArrays, time_ms: np.ndarray,
     if start is None:
         x0 = to_x([bounds[k].init for k in names])
     else:
-        x0 = np.clip(to_x([bounds[k].init if k in pinned else parameter_value(start, k, family) for k in names]), lo, hi)
+        x0 = np.clip(to_x([bounds[k].init if k in pinned else family.parameter(start, k) for k in names]), lo, hi)
     all_names = list(const) + names
 
     def params_of(x):
@@ -132,7 +119,7 @@ def channels_last_fixed(fam, base: Mapping[str, object], free: Optional[Sequence
     fixed: Dict[str, Optional[float]] = {}
     for key in fam.bounds():
         if key.rpartition(".")[2] not in free:
-            fixed[key] = parameter_value(base, key, fam)
+            fixed[key] = fam.parameter(base, key)
         elif key in getattr(fam, "FIXED", {}):
             fixed[key] = None
     return fixed

@@ -186,9 +186,7 @@ def _check_parameters(family, params: Mapping, where: str) -> None:
     for cls in family.classes:
         if not isinstance(classes.get(cls), Mapping):
             raise ProfileError(f"{where}: missing object field 'parameters.classes.{cls}'")
-        for p in family.class_params:
-            if p not in family.optional_params or p in classes[cls]:
-                _number(classes[cls], p, f"{where}: parameters.classes.{cls}")
+        _class_numbers(family, classes[cls], f"{where}: parameters.classes.{cls}")
     _check_ranges(family, params, where)
 
 
@@ -229,9 +227,7 @@ def _check_ops(ops, where: str) -> None:
             raise ProfileError(f"{where}: field 'ops.{cls}' must be an object with 'classes.all'")
         for key in MATRIX.global_params:
             _number(p, key, sub)
-        for key in MATRIX.class_params:
-            if key not in MATRIX.optional_params or key in p["classes"]["all"]:
-                _number(p["classes"]["all"], key, sub + ".classes.all")
+        _class_numbers(MATRIX, p["classes"]["all"], sub + ".classes.all")
         _check_ranges(MATRIX, p, sub)
     unknown = set(ops) - {"stream", "operators", "l2_bytes", "matmul", "attention", "fit"}
     if unknown:
@@ -297,6 +293,13 @@ def _check_host(host, where: str) -> None:
             raise ProfileError(f"{where}: field 'host.{key}' must not be negative")
 
 
+def _class_numbers(family, values: Mapping, where: str) -> None:
+    """Each class parameter of ``family`` a number in ``values``; an optional one may be absent."""
+    for name in family.class_params:
+        if name not in family.optional_params or name in values:
+            _number(values, name, where)
+
+
 def _inside(box, v: float) -> bool:
     """Whether ``v`` lies in the box, a fitted value on a bound (to rounding) included."""
     slack = 1e-9 * max(abs(box.lo), abs(box.hi))
@@ -305,16 +308,8 @@ def _inside(box, v: float) -> bool:
 
 def _check_ranges(family, params: Mapping, where: str) -> None:
     """Every parameter inside the box its family fits it in (so predictions stay meaningful)."""
-    def value(key):
-        if "." in key:
-            cls, name = key.split(".", 1)
-            if name in family.optional_params:
-                return params["classes"][cls].get(name, family.optional_params[name])
-            return params["classes"][cls][name]
-        return params[key]
-
     for key, box in family.bounds().items():
-        v = value(key)
+        v = family.parameter(params, key)
         if not _inside(box, v):
             field = f"parameters.classes.{key}" if "." in key else f"parameters.{key}"
             raise ProfileError(f"{where}: field '{field}' is {v!r}, outside its valid range "
