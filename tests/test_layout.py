@@ -41,7 +41,7 @@ def nhwc_profile(base="h100-fp32", factor=3.0):
     for values in params["classes"].values():
         values["tau_ms_per_mmac"] *= factor
         values["t0_ms"] *= factor
-    return dataclasses.replace(p, schema_version=2, channels_last={"parameters": params})
+    return dataclasses.replace(p, schema_version=max(2, p.schema_version), channels_last={"parameters": params})
 
 
 def plain_profile(base="h100-fp32"):
@@ -174,8 +174,9 @@ def test_evaluate_uses_channels_last_parameters_for_channels_last_rows_only():
     np.testing.assert_array_equal(evaluate(nchw_only, nhwc).predicted_ms, base.predicted_ms)
     changed = got.predicted_ms != base.predicted_ms
     assert changed.tolist() == [False, True, True, True, False]
-    # the channels-last rows cost what the NHWC parameter set says
-    as_nhwc = dataclasses.replace(plain, parameters=nhwc.channels_last["parameters"])
+    # the channels-last rows cost what the NHWC parameter set says (with no neighbour correction:
+    # its points are NCHW layers)
+    as_nhwc = dataclasses.replace(plain, parameters=nhwc.channels_last["parameters"], correction=None)
     np.testing.assert_allclose(got.predicted_ms[changed], evaluate(arrays, as_nhwc).predicted_ms[changed],
                                rtol=1e-12)
     np.testing.assert_allclose(got.alpha[changed], evaluate(arrays, as_nhwc).alpha[changed], rtol=1e-12)

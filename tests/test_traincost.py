@@ -49,6 +49,8 @@ def test_training_view_swaps_parameters_ops_and_power(shipped):
     # channels-last convolutions take the training section's own channels-last parameters
     assert view.channels_last == shipped.train["channels_last"] != shipped.channels_last
     assert view.family == shipped.family and view.host == shipped.host
+    # the forward's neighbour correction (residuals of forward times) is not a training step's
+    assert shipped.correction is not None and view.correction is None
     # the original is untouched
     assert shipped.power["forward"]["static_w"] != shipped.power["train"]["static_w"]
     assert training_view(dataclasses.replace(shipped, train=None)) is None

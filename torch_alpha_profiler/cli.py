@@ -280,7 +280,7 @@ def cmd_fit(args) -> int:
     if table.time_ms is None or not any(math.isfinite(t) and t > 0 for t in table.time_ms):
         raise CliError(f"{args.table}: no positive, finite 'time_ms' values to fit")
     profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
-                          provenance=provenance)
+                          provenance=provenance, correction=not args.no_correction)
     if args.ops or args.host or args.channels_last or args.train or args.energy:
         from dataclasses import replace
 
@@ -328,8 +328,10 @@ def cmd_fit(args) -> int:
         profile = replace(profile, provenance=dict(profile.provenance, **provenance), **extra)
     profile.save(args.out, overwrite=args.force)
     fit = profile.provenance["fit"]
+    corrected = (f"; with the neighbour correction (bandwidth {profile.correction['bandwidth']}) over them"
+                 if profile.correction else "")
     sys.stderr.write(f"fitted {args.family} on {fit['n']} layers: MAPE {fit['mape_pct']:.1f}%, "
-                     f"Spearman {fit['spearman']:.3f}; wrote {args.out}\n")
+                     f"Spearman {fit['spearman']:.3f} (the formula alone){corrected}; wrote {args.out}\n")
     return 0
 
 
@@ -608,6 +610,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy", metavar="CSV",
                    help="also fit the energy coefficients to these power measurements (PREFIX-energy.csv; "
                         "needs --ops)")
+    p.add_argument("--no-correction", action="store_true",
+                   help="leave out the axes family's neighbour correction (the formula alone)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_fit)
 

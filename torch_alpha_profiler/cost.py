@@ -41,6 +41,7 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
     family = get_family(profile.family)
     macs = arrays.macs
     alpha, ms = family.alpha_and_ms(arrays, profile.parameters)
+    ms = ms * correction_factor(arrays, profile)
     nhwc = profile.channels_last
     if nhwc is not None and arrays.channels_last.any():
         # channels-last inputs: the same family, with the parameters fitted on NHWC layers
@@ -54,6 +55,21 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
         predicted_ms=ms,
         cost_class=family.classify(arrays),
     )
+
+
+def correction_factor(arrays: LayerArrays, profile: DeviceProfile) -> np.ndarray:
+    """The neighbour correction (correction.py) of each layer's predicted time: 1 where the
+    profile has none, and for channels-last inputs costed by the profile's channels-last
+    parameters (the correction's points are NCHW layers and their residuals under the NCHW ones)."""
+    from .correction import from_profile
+
+    correction = from_profile(profile)
+    if correction is None:
+        return np.ones(len(arrays))
+    factor = np.exp(correction.log_factor(arrays, get_family(profile.family).classify(arrays)))
+    if profile.channels_last is None:
+        return factor
+    return np.where(arrays.channels_last, 1.0, factor)
 
 
 def bias_add_piece(batch: int, out_channels: int, out_hw, itemsize: int, backward: bool = False):

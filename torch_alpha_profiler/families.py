@@ -13,10 +13,11 @@ FLOPs are "FLOPs at the time scale's rate".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .correction import DEFAULT as CORRECTION
 from .layers import LayerArrays
 
 Params = Mapping[str, object]  # {"time_scale_ms_per_mmac": .., "overhead_ms": .., "classes": {..}}
@@ -50,6 +51,8 @@ class Family:
     optional_params: Dict[str, float] = {}
     # class parameters that act only on kernels of more than one tap (K1 x K2 > 1)
     kernel_params: Tuple[str, ...] = ()
+    # the neighbour correction's settings a fit gives its profile by default (correction.py)
+    correction: Optional[Dict[str, object]] = None
 
     def finalize(self, params: Dict[str, object], arrays: LayerArrays) -> Dict[str, object]:
         """Derived parameters computed after a fit on ``arrays`` (default: none)."""
@@ -240,6 +243,7 @@ class AxesFamily(Family):
     optional_params = {"tap_ms": 0.0, "h_hw": 1.0, "g_hw": 0.0, "stride_f": 1.0, "k5_f": 1.0, "k7_f": 1.0,
                        "gather": 0.0}
     kernel_params = ("k_exp", "tap_ms", "k5_f", "k7_f")
+    correction = CORRECTION
 
     def classify(self, arrays):
         kxk = np.where(arrays.K > 1, 2, 1)

@@ -200,12 +200,15 @@ def fit_channels_last(table: LayerTable, family: str, base: Mapping[str, object]
 def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
                 provenance: Optional[Mapping[str, object]] = None,
                 fixed: Optional[Mapping[str, float]] = None,
-                keep_data: bool = True, start: Optional[Mapping[str, object]] = None) -> DeviceProfile:
+                keep_data: bool = True, start: Optional[Mapping[str, object]] = None,
+                correction: Union[bool, Mapping[str, object]] = True) -> DeviceProfile:
     """Fit ``family`` to a measured layer table and return a profile.
 
     The profile's provenance gets the fit residuals, the number of
     measurements and a hash of the inputs; with ``keep_data`` the raw input
-    columns are stored in the profile too, so the fit can be redone.
+    columns are stored in the profile too, so the fit can be redone. ``correction``: the
+    neighbour correction's settings (correction.py), True for the family's default (the axes
+    family has one), False for none; it needs ``keep_data``, whose rows are its points.
     """
     if table.time_ms is None:
         raise ValueError(f"{table.source}: no 'time_ms' column to fit")
@@ -235,5 +238,9 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
     if keep_data:
         fit_data = {"header": list(table.header),
                     "rows": [[table.columns[h][i] for h in table.header] for i in range(len(table))]}
+    if correction is True:
+        correction = fam.correction if keep_data else None
+    elif correction is not False and not keep_data:
+        raise ValueError("a neighbour correction needs keep_data: its points are the fitted rows")
     return DeviceProfile(name=name, family=family, parameters=params, provenance=prov,
-                         fit_data=fit_data, schema_version=SCHEMA_VERSION)
+                         fit_data=fit_data, schema_version=SCHEMA_VERSION, correction=correction or None)

@@ -127,8 +127,10 @@ def pieces_ms(pieces: Sequence[Piece], profile) -> np.ndarray:
     for cls, idx in by_cls.items():
         sel = [pieces[i] for i in idx]
         if cls == "linear":
-            family = get_family(profile.family)
-            out[idx] = family.alpha_and_ms(linear_arrays(sel), profile.parameters)[1]
+            from .cost import correction_factor
+
+            family, arrays = get_family(profile.family), linear_arrays(sel)
+            out[idx] = family.alpha_and_ms(arrays, profile.parameters)[1] * correction_factor(arrays, profile)
         elif cls in ("matmul", "attention") and cls in ops:
             out[idx] = MATRIX.predict_ms(matrix_arrays(sel), ops[cls])
         elif cls in STREAM_CLASSES:

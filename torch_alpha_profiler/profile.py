@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 2 adds the optional 'ops' and 'host' sections
+SCHEMA_VERSION = 3
+# version 2 adds the optional 'ops', 'host', 'channels_last', 'power' and 'train' sections,
+# version 3 the optional 'correction' (correction.py)
+READABLE_VERSIONS = (1, 2, 3)
 REQUIRED_PROVENANCE = ("device_name", "dtype", "date", "source")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -46,6 +48,10 @@ class DeviceProfile:
     # training-step (forward + backward) parameters of the layer family and op classes
     # (trainfit.py); None: training steps cannot be costed
     train: Optional[Mapping[str, Any]] = None
+    # the neighbour correction's settings (correction.py); its points are ``fit_data``
+    correction: Optional[Mapping[str, Any]] = None
+    # what is computed from the profile once and kept (correction.from_profile)
+    derived: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def time_scale_ms_per_mmac(self) -> float:
@@ -81,6 +87,8 @@ class DeviceProfile:
             doc["power"] = _plain(self.power)
         if self.train is not None:
             doc["train"] = _plain(self.train)
+        if self.correction is not None:
+            doc["correction"] = _plain(self.correction)
         if self.fit_data is not None:
             doc["fit_data"] = _plain(self.fit_data)
         return doc
@@ -169,11 +177,28 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
         _check_ops(ops, where)
     if host is not None:
         _check_host(host, where)
+    correction = doc.get("correction")
+    if correction is not None:
+        _check_correction(correction, fit_data, version, where)
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
         provenance=prov, fit_data=fit_data, schema_version=version, ops=ops, host=host,
-        channels_last=nhwc, power=power, train=train,
+        channels_last=nhwc, power=power, train=train, correction=correction,
     )
+
+
+def _check_correction(correction, fit_data, version: int, where: str) -> None:
+    """The 'correction' section: schema 3, valid settings, and the fit_data it corrects from."""
+    from .correction import check
+
+    if version < 3:
+        raise ProfileError(f"{where}: field 'correction' needs schema_version 3")
+    check(correction, where)
+    if fit_data is None or not isinstance(fit_data.get("header"), list) or not isinstance(fit_data.get("rows"), list):
+        raise ProfileError(f"{where}: field 'correction' needs 'fit_data' (header and rows): "
+                           "its points are the calibration's layers")
+    if "time_ms" not in fit_data["header"]:
+        raise ProfileError(f"{where}: field 'correction' needs a 'time_ms' column in 'fit_data'")
 
 
 def _check_parameters(family, params: Mapping, where: str) -> None:

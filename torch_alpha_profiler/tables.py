@@ -443,6 +443,19 @@ def parse_layer_table(text: str, source: str = "<table>") -> LayerTable:
     return _parse(text, text.encode("utf-8"), source)
 
 
+def fit_data_table(profile) -> LayerTable:
+    """The layer table a profile was fitted on, from its ``fit_data`` (rows without a ``dtype``
+    column take the profile's)."""
+    data = profile.fit_data
+    if data is None:
+        raise ValueError(f"profile {profile.name!r} keeps no fit_data")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(data["header"])
+    writer.writerows(data["rows"])
+    return with_default_dtype(parse_layer_table(buf.getvalue(), f"profile {profile.name!r} fit_data"), profile.dtype)
+
+
 def read_layer_table(path: str) -> LayerTable:
     """Read and validate a layer-table CSV file."""
     try:

@@ -1,0 +1,144 @@
+"""correction: the neighbour correction's coordinates, kernel arithmetic, profile section and use."""
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from torch_alpha_profiler.correction import AXIS_NAMES, DEFAULT, build, coordinates, from_profile
+from torch_alpha_profiler.cost import evaluate
+from torch_alpha_profiler.families import get_family
+from torch_alpha_profiler.fit import fit_profile
+from torch_alpha_profiler.layers import make_arrays
+from torch_alpha_profiler.profile import ProfileError, load_profile, profile_from_dict
+from torch_alpha_profiler.tables import parse_layer_table
+
+AXES = get_family("axes")
+FLAT = {"method": "neighbours", "bandwidth": 1.0, "shrink": 0.5, "scales": {a: 1.0 for a in AXIS_NAMES}}
+
+
+def conv(N=1, Cin=64, Cout=64, H=8, K=3, stride=1, groups=1, itemsize=4):
+    one = np.ones(1, dtype=np.int64)
+    hout = -(-H // stride)
+    return make_arrays(is_linear=[False], N=N * one, Cin=Cin * one, Cout=Cout * one, Hin=H * one, Win=H * one,
+                       Hout=hout * one, Wout=hout * one, K1=int(np.sqrt(K)) * one, K2=int(np.sqrt(K)) * one,
+                       stride=stride * one, groups=groups * one, itemsize=itemsize * one)
+
+
+def test_coordinates_by_hand():
+    # 8 x 64 -> 36 channels in 2 groups, 3x3, stride 2 over 16x16 (8x8 out), fp32: 32 channels a
+    # group in (128 bytes, aligned), 18 out (72 bytes: not a multiple of 16)
+    x = coordinates(conv(N=8, Cin=64, Cout=36, H=16, K=9, stride=2, groups=2))[0]
+    assert x == pytest.approx([3, 6, 5, np.log2(18), 1, np.log2(9), 1, 0, 1])
+    # depthwise: one channel a group is never "misaligned"
+    assert coordinates(conv(Cin=3, Cout=3, groups=3))[0][-2:] == pytest.approx([0, 0])
+
+
+def test_one_neighbour_by_hand():
+    point = conv()
+    corr = build(FLAT, point, np.array([2.0]), np.array([1.0]), np.array([2]))  # measured 2x the formula
+    r = np.log(2.0)
+    # at the point itself: w = 1, ln c = r / (1 + 0.5)
+    assert corr.log_factor(point, np.array([2]))[0] == pytest.approx(r / 1.5)
+    # one doubling of the batch away: d = 1, w = exp(-1/2)
+    w = np.exp(-0.5)
+    assert corr.log_factor(conv(N=2), np.array([2]))[0] == pytest.approx(w * r / (w + 0.5))
+    # a bandwidth of 2 and a scale of 2 on the batch axis both halve that distance
+    wide = build({**FLAT, "bandwidth": 2.0}, point, np.array([2.0]), np.array([1.0]), np.array([2]))
+    scaled = build({**FLAT, "scales": {**FLAT["scales"], "N": 2.0}}, point, np.array([2.0]), np.array([1.0]),
+                   np.array([2]))
+    w = np.exp(-0.125)
+    for c in (wide, scaled):
+        assert c.log_factor(conv(N=2), np.array([2]))[0] == pytest.approx(w * r / (w + 0.5))
+    # another class, or far away: no correction
+    assert corr.log_factor(point, np.array([1]))[0] == 0.0
+    assert abs(corr.log_factor(conv(N=4096), np.array([2]))[0]) < 1e-20
+
+
+def test_weighted_mean_of_two_neighbours_and_repeated_shapes():
+    pts = make_arrays(**{k: np.concatenate([getattr(conv(N=1), k), getattr(conv(N=4), k)])
+                         for k in ("is_linear", "N", "Cin", "Cout", "Hin", "Win", "Hout", "Wout", "K1", "K2",
+                                   "stride", "groups", "itemsize")})
+    corr = build({**FLAT, "shrink": 0.0}, pts, np.array([2.0, 0.5]), np.array([1.0, 1.0]), np.array([2, 2]))
+    # N = 2 is one doubling from each: equal weights, ln 2 and ln 0.5 cancel
+    q = make_arrays(**{k: np.repeat(getattr(conv(N=2), k), 3) for k in (
+        "is_linear", "N", "Cin", "Cout", "Hin", "Win", "Hout", "Wout", "K1", "K2", "stride", "groups", "itemsize")})
+    assert corr.log_factor(q, np.array([2, 2, 2])) == pytest.approx([0, 0, 0], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """An axes fit, with its correction, of layers whose times have a bump the formula lacks."""
+    rows = ["kind,N,Cin,Cout,H,W,K1,K2,time_ms"]
+    rng = np.random.default_rng(0)
+    for _ in range(120):
+        n, c, h = (int(v) for v in (2 ** rng.integers(0, 6), 2 ** rng.integers(3, 9), 2 ** rng.integers(2, 6)))
+        t = 0.003 + 2e-6 * n * c * c * h * h * 9 / 1e6 * 1e3
+        if c == 64:  # a kernel switch: every 64-channel layer runs 3x slower
+            t *= 3
+        rows.append(f"Conv2d,{n},{c},{c},{h},{h},3,3,{t}")
+    table = parse_layer_table("\n".join(rows), "bump.csv")
+    return table, fit_profile(table, family="axes", provenance={"device_name": "Test GPU"})
+
+
+def test_fit_gives_the_axes_family_its_default_correction_and_it_corrects(fitted):
+    table, profile = fitted
+    assert profile.correction == DEFAULT and profile.schema_version == 3
+    plain = dataclasses.replace(profile, correction=None)
+    ape = lambda p: np.mean(np.abs(p - table.time_ms) / table.time_ms)  # noqa: E731
+    assert ape(evaluate(table.arrays, profile).predicted_ms) < 0.5 * ape(evaluate(table.arrays, plain).predicted_ms)
+    # alpha and FLOPs are the formula's: the correction changes only the predicted time
+    assert np.array_equal(evaluate(table.arrays, profile).alpha, evaluate(table.arrays, plain).alpha)
+    assert fit_profile(table, family="axes", correction=False).correction is None
+    assert fit_profile(table, family="paper").correction is None
+    assert fit_profile(table, family="axes", keep_data=False).correction is None
+    with pytest.raises(ValueError, match="keep_data"):
+        fit_profile(table, family="axes", keep_data=False, correction=DEFAULT)
+
+
+def test_correction_survives_save_and_load_and_is_built_once(fitted, tmp_path):
+    table, profile = fitted
+    path = str(tmp_path / "p.json")
+    profile.save(path)
+    again = load_profile(path, warn_device=False)
+    assert again.correction == profile.correction
+    assert np.allclose(evaluate(table.arrays, again).predicted_ms, evaluate(table.arrays, profile).predicted_ms)
+    assert from_profile(again) is from_profile(again)
+
+
+def test_channels_last_layers_are_corrected_only_where_costed_by_the_nchw_parameters(fitted):
+    table, profile = fitted
+    nhwc = dataclasses.replace(table.arrays, channels_last=np.ones(len(table), dtype=bool))
+    # a channels-last section of their own: their formula alone
+    sectioned = dataclasses.replace(profile, channels_last={"parameters": profile.parameters})
+    plain = dataclasses.replace(sectioned, correction=None)
+    assert np.array_equal(evaluate(nhwc, sectioned).predicted_ms, evaluate(nhwc, plain).predicted_ms)
+    # none: costed as NCHW layers, corrected as those are
+    assert np.array_equal(evaluate(nhwc, profile).predicted_ms, evaluate(table.arrays, profile).predicted_ms)
+    assert not np.array_equal(evaluate(nhwc, profile).predicted_ms, evaluate(nhwc, plain).predicted_ms)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d.__setitem__("schema_version", 2), "needs schema_version 3"),
+    (lambda d: d["correction"].__setitem__("method", "knn"), "correction.method"),
+    (lambda d: d["correction"].__setitem__("bandwidth", 0), "correction.bandwidth"),
+    (lambda d: d["correction"].__setitem__("shrink", -1), "correction.shrink"),
+    (lambda d: d["correction"]["scales"].pop("cin"), "correction.scales.cin"),
+    (lambda d: d["correction"]["scales"].__setitem__("K", "x"), "correction.scales.K"),
+    (lambda d: d.pop("fit_data"), "needs 'fit_data'"),
+    (lambda d: d["fit_data"]["header"].remove("time_ms"), "time_ms"),
+    (lambda d: d.__setitem__("correction", [1]), "must be an object"),
+])
+def test_a_bad_correction_section_is_named(fitted, change, message):
+    doc = json.loads(fitted[1].to_json())
+    change(doc)
+    with pytest.raises(ProfileError, match=message):
+        profile_from_dict(copy.deepcopy(doc))
+
+
+def test_shipped_profiles_carry_a_correction_over_their_calibration():
+    for name in ("h100-fp32", "h100-bf16"):
+        p = load_profile(name, warn_device=False)
+        corr = from_profile(p)
+        assert p.correction == DEFAULT and len(corr.residuals) == p.provenance["n_measurements"]
