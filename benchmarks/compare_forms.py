@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from torch_alpha_profiler.correction import build  # noqa: E402
+from torch_alpha_profiler.correction import of_fit  # noqa: E402
 from torch_alpha_profiler.families import get_family  # noqa: E402
 from torch_alpha_profiler.fit import fit_parameters  # noqa: E402
 from torch_alpha_profiler.layers import take  # noqa: E402
@@ -85,8 +85,7 @@ def cross_validate_corrected(table, settings_list, folds=5, seed=0):
         params = fit_parameters(fam, train, table.time_ms[fold != k])
         base[fold == k] = fam.predict_ms(test, params)
         for out, settings in zip(corrected, settings_list):
-            corr = build(settings, train, table.time_ms[fold != k], fam.predict_ms(train, params),
-                         fam.classify(train))
+            corr = of_fit(settings, fam, params, train, table.time_ms[fold != k])
             out[fold == k] = base[fold == k] * np.exp(corr.log_factor(test, fam.classify(test)))
     return base, corrected
 

@@ -53,7 +53,13 @@ def test_one_neighbour_by_hand():
         assert c.log_factor(conv(N=2), np.array([2]))[0] == pytest.approx(w * r / (w + 0.5))
     # another class, or far away: no correction
     assert corr.log_factor(point, np.array([1]))[0] == 0.0
-    assert abs(corr.log_factor(conv(N=4096), np.array([2]))[0]) < 1e-20
+    # 3.9 bandwidths away it still counts, beyond 4 not at all (N = 2^3.9 rounds to 15, 2^4.1 to 17)
+    near, far = np.log2(15), np.log2(17)
+    w = np.exp(-0.5 * near ** 2)
+    assert corr.log_factor(conv(N=15), np.array([2]))[0] == pytest.approx(w * r / (w + 0.5))
+    assert corr.log_factor(conv(N=17), np.array([2]))[0] == 0.0 and far > 4
+    # a layer with a zero-sized axis has no coordinates: no correction, and no error
+    assert corr.log_factor(conv(N=0), np.array([2]))[0] == 0.0
 
 
 def test_weighted_mean_of_two_neighbours_and_repeated_shapes():
@@ -124,6 +130,7 @@ def test_channels_last_layers_are_corrected_only_where_costed_by_the_nchw_parame
     (lambda d: d["correction"].__setitem__("method", "knn"), "correction.method"),
     (lambda d: d["correction"].__setitem__("bandwidth", 0), "correction.bandwidth"),
     (lambda d: d["correction"].__setitem__("shrink", -1), "correction.shrink"),
+    (lambda d: d["correction"].__setitem__("shrink", 0), "correction.shrink"),
     (lambda d: d["correction"]["scales"].pop("cin"), "correction.scales.cin"),
     (lambda d: d["correction"]["scales"].__setitem__("K", "x"), "correction.scales.K"),
     (lambda d: d.pop("fit_data"), "needs 'fit_data'"),
@@ -141,4 +148,76 @@ def test_shipped_profiles_carry_a_correction_over_their_calibration():
     for name in ("h100-fp32", "h100-bf16"):
         p = load_profile(name, warn_device=False)
         corr = from_profile(p)
-        assert p.correction == DEFAULT and len(corr.residuals) == p.provenance["n_measurements"]
+        n = sum(len(r) for r in corr.residuals.values())
+        assert p.correction == DEFAULT and n == p.provenance["n_measurements"]
+
+
+def test_each_layer_is_corrected_by_its_own_class_only():
+    pts = make_arrays(**{k: np.concatenate([getattr(conv(), k), getattr(conv(), k)])
+                         for k in ("is_linear", "N", "Cin", "Cout", "Hin", "Win", "Hout", "Wout", "K1", "K2",
+                                   "stride", "groups", "itemsize")})
+    # the same shape measured 2x the formula in class 1 and 0.5x in class 2
+    corr = build(FLAT, pts, np.array([2.0, 0.5]), np.array([1.0, 1.0]), np.array([1, 2]))
+    q = make_arrays(**{k: np.repeat(getattr(conv(), k), 3) for k in (
+        "is_linear", "N", "Cin", "Cout", "Hin", "Win", "Hout", "Wout", "K1", "K2", "stride", "groups", "itemsize")})
+    assert corr.log_factor(q, np.array([1, 2, 0])) == pytest.approx([np.log(2) / 1.5, np.log(0.5) / 1.5, 0.0])
+
+
+def test_unmeasured_and_channels_last_rows_of_fit_data_are_not_points(fitted):
+    table, profile = fitted
+    doc = json.loads(profile.to_json())
+    header = doc["fit_data"]["header"]
+    t = header.index("time_ms")
+    extra = [list(doc["fit_data"]["rows"][0]) for _ in range(3)]
+    extra[0][t], extra[1][t] = "", "0"  # not measured, not a usable time
+    doc["fit_data"]["header"].append("layout")
+    for row in doc["fit_data"]["rows"]:
+        row.append("")
+    extra[2][t], extra[2] = "1000", extra[2] + ["nhwc"]
+    extra[0].append("")
+    extra[1].append("")
+    doc["fit_data"]["rows"] += extra
+    again = profile_from_dict(doc)
+    n = sum(len(r) for r in from_profile(again).residuals.values())
+    assert n == len(table)
+    assert np.allclose(evaluate(table.arrays, again).predicted_ms, evaluate(table.arrays, profile).predicted_ms)
+
+
+def test_a_fit_data_the_correction_cannot_read_is_named(fitted):
+    doc = json.loads(fitted[1].to_json())
+    doc["fit_data"]["rows"][0][doc["fit_data"]["header"].index("Cin")] = "many"
+    with pytest.raises(ProfileError, match="'fit_data'.*Cin"):
+        evaluate(fitted[0].arrays, profile_from_dict(doc))
+    doc = json.loads(fitted[1].to_json())
+    for row in doc["fit_data"]["rows"]:
+        row[doc["fit_data"]["header"].index("time_ms")] = "0"
+    with pytest.raises(ProfileError, match="no measured NCHW layer"):
+        evaluate(fitted[0].arrays, profile_from_dict(doc))
+
+
+def test_fit_profile_validates_and_copies_the_settings_it_is_given(fitted):
+    table, _ = fitted
+    with pytest.raises(ProfileError, match="correction.scales"):
+        fit_profile(table, family="axes", correction={"method": "neighbours", "bandwidth": 1.0, "shrink": 0.1})
+    mine = copy.deepcopy(FLAT)
+    p = fit_profile(table, family="axes", correction=mine)
+    mine["bandwidth"] = 99.0
+    assert p.correction == FLAT
+    q = fit_profile(table, family="axes")
+    q.correction["bandwidth"] = 99.0  # a profile's own copy, not the module's default
+    assert DEFAULT["bandwidth"] == 0.75
+
+
+def test_cli_fit_writes_the_correction_unless_asked_not_to(tmp_path, capsys):
+    from torch_alpha_profiler.cli import main
+
+    rows = ["kind,N,Cin,Cout,H,W,K1,K2,time_ms"] + [
+        f"Conv2d,{n},{c},{c},{h},{h},3,3,{0.003 + 1e-9 * n * c * c * h * h * 9}"
+        for n in (1, 4, 16) for c in (16, 64, 256) for h in (7, 14, 28)]
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("\n".join(rows) + "\n")
+    assert main(["fit", str(csv_path), "--family", "axes", "--out", str(tmp_path / "a.json")]) == 0
+    assert "neighbour correction" in capsys.readouterr().err
+    assert main(["fit", str(csv_path), "--family", "axes", "--no-correction", "--out", str(tmp_path / "b.json")]) == 0
+    assert load_profile(str(tmp_path / "a.json")).correction == DEFAULT
+    assert load_profile(str(tmp_path / "b.json")).correction is None

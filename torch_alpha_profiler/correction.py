@@ -16,11 +16,10 @@ points are the profile's ``fit_data``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from .layers import LayerArrays
 
@@ -48,37 +47,42 @@ def coordinates(arrays: LayerArrays) -> np.ndarray:
     cin = arrays.Cin // arrays.groups
     cout = arrays.Cout // arrays.groups
     depthwise = arrays.Cin == arrays.groups  # one channel a group: alignment does not apply
-    return np.column_stack([
-        np.log2(arrays.N), np.log2(arrays.Hout * arrays.Wout), np.log2(cin), np.log2(cout),
-        np.log2(arrays.groups), np.log2(arrays.K), np.log2(arrays.stride),
-        ((cin * arrays.itemsize) % 16 != 0) & ~depthwise,
-        ((cout * arrays.itemsize) % 16 != 0) & ~depthwise,
-    ]).astype(np.float64)
+    with np.errstate(divide="ignore"):  # a zero-sized axis: -inf, no coordinates (log_factor)
+        return np.column_stack([
+            np.log2(arrays.N), np.log2(arrays.Hout * arrays.Wout), np.log2(cin), np.log2(cout),
+            np.log2(arrays.groups), np.log2(arrays.K), np.log2(arrays.stride),
+            ((cin * arrays.itemsize) % 16 != 0) & ~depthwise,
+            ((cout * arrays.itemsize) % 16 != 0) & ~depthwise,
+        ]).astype(np.float64)
 
 
 @dataclass(frozen=True)
 class NeighbourCorrection:
-    """Calibration layers (scaled coordinates, class, log residual) and the kernel's settings."""
+    """Calibration layers (a k-d tree of their scaled coordinates and their log residuals, by
+    class) and the kernel's settings; made by :func:`build`."""
 
-    points: np.ndarray  # (m, len(AXES)), divided by the scales
-    classes: np.ndarray  # (m,) class index
-    residuals: np.ndarray  # (m,) ln(measured / predicted)
+    trees: Mapping[int, object]  # class index -> scipy cKDTree of its layers' scaled coordinates
+    residuals: Mapping[int, np.ndarray]  # class index -> ln(measured / predicted), in tree order
     scales: np.ndarray  # (len(AXES),)
     bandwidth: float
     shrink: float
-    trees: Mapping[int, cKDTree] = field(default_factory=dict, repr=False, compare=False)  # of each class's points
 
     def log_factor(self, arrays: LayerArrays, classes: np.ndarray) -> np.ndarray:
-        """ln c of every layer of ``arrays`` (``classes``: their class indices)."""
+        """ln c of every layer of ``arrays`` (``classes``: their class indices); 0 for a layer of
+        a class with no calibration layer, and for an empty one (a zero-sized axis)."""
+        from scipy.spatial import cKDTree
+
         out = np.zeros(len(arrays))
-        if len(arrays) == 0:
+        coords = coordinates(arrays)
+        sized = np.flatnonzero(np.isfinite(coords).all(axis=1))
+        if len(sized) == 0:
             return out
         # many layers of a model or table share a shape: weigh each distinct one once
-        x, inverse = np.unique(np.column_stack([coordinates(arrays) / self.scales, classes]),
+        x, inverse = np.unique(np.column_stack([coords[sized] / self.scales, classes[sized]]),
                                axis=0, return_inverse=True)
         factor = np.zeros(len(x))
         for c in np.unique(x[:, -1]).astype(np.int64):
-            tree = self.trees.get(c)
+            tree = self.trees.get(int(c))
             if tree is None:
                 continue
             rows = np.flatnonzero(x[:, -1] == c)
@@ -86,53 +90,59 @@ class NeighbourCorrection:
             d = cKDTree(x[rows, :-1]).sparse_distance_matrix(tree, CUTOFF * self.bandwidth,
                                                              output_type="coo_matrix")
             w = np.exp(-0.5 * (d.data / self.bandwidth) ** 2)
-            r = self.residuals[self.classes == c]
-            num = np.bincount(d.row, weights=w * r[d.col], minlength=len(rows))
+            num = np.bincount(d.row, weights=w * self.residuals[int(c)][d.col], minlength=len(rows))
             den = np.bincount(d.row, weights=w, minlength=len(rows))
             factor[rows] = num / (den + self.shrink)
-        out[:] = factor[inverse.reshape(-1)]
+        out[sized] = factor[inverse.reshape(-1)]
         return out
-
-
-
-
-def scales_of(settings: Mapping) -> np.ndarray:
-    return np.array([float(settings["scales"][a]) for a in AXIS_NAMES])
 
 
 def build(settings: Mapping, arrays: LayerArrays, time_ms: np.ndarray, predicted_ms: np.ndarray,
           classes: np.ndarray) -> NeighbourCorrection:
     """The correction of a profile's ``settings`` over calibration layers ``arrays`` measured at
     ``time_ms`` and predicted by the profile's formula at ``predicted_ms``."""
-    scales = scales_of(settings)
+    from scipy.spatial import cKDTree
+
+    scales = np.array([float(settings["scales"][a]) for a in AXIS_NAMES])
     points, classes = coordinates(arrays) / scales, np.asarray(classes, dtype=np.int64)
-    return NeighbourCorrection(points=points, classes=classes, residuals=np.log(time_ms / predicted_ms),
-                               scales=scales, bandwidth=float(settings["bandwidth"]),
-                               shrink=float(settings["shrink"]),
-                               trees={int(c): cKDTree(points[classes == c]) for c in np.unique(classes)})
+    residuals = np.log(time_ms / predicted_ms)
+    mine = {int(c): classes == c for c in np.unique(classes)}
+    return NeighbourCorrection(trees={c: cKDTree(points[m]) for c, m in mine.items()},
+                               residuals={c: residuals[m] for c, m in mine.items()}, scales=scales,
+                               bandwidth=float(settings["bandwidth"]), shrink=float(settings["shrink"]))
+
+
+def of_fit(settings: Mapping, family, params: Mapping, arrays: LayerArrays, time_ms: np.ndarray) -> NeighbourCorrection:
+    """The correction of ``settings`` over layers ``arrays`` measured at ``time_ms``, with
+    their residuals under ``family`` at ``params`` (a profile's fit, or a CV fold's)."""
+    return build(settings, arrays, time_ms, family.predict_ms(arrays, params), family.classify(arrays))
+
+
+def _positive_number(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+            and value > 0)
 
 
 def check(settings, where: str) -> None:
-    """Validate a profile's ``correction`` section; errors name the field."""
+    """Validate a ``correction`` section (ProfileError naming the field)."""
     from .profile import ProfileError
 
     if not isinstance(settings, Mapping):
         raise ProfileError(f"{where}: field 'correction' must be an object")
     if settings.get("method") != METHOD:
         raise ProfileError(f"{where}: field 'correction.method' is {settings.get('method')!r}; expected {METHOD!r}")
-    for key, low in (("bandwidth", 0.0), ("shrink", None)):
-        value = settings.get(key)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-        if not ok or (value <= 0 if low is not None else value < 0):
-            raise ProfileError(f"{where}: field 'correction.{key}' must be a number "
-                               f"{'above 0' if low is not None else 'of at least 0'}, got {value!r}")
+    # a shrink above 0 keeps c at 1 where no calibration layer is near (0 / 0 otherwise)
+    for key in ("bandwidth", "shrink"):
+        if not _positive_number(settings.get(key)):
+            raise ProfileError(f"{where}: field 'correction.{key}' must be a number above 0, "
+                               f"got {settings.get(key)!r}")
     scales = settings.get("scales")
     if not isinstance(scales, Mapping):
         raise ProfileError(f"{where}: field 'correction.scales' must be an object")
     for a in AXIS_NAMES:
-        value = scales.get(a)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) or value <= 0:
-            raise ProfileError(f"{where}: field 'correction.scales.{a}' must be a number above 0, got {value!r}")
+        if not _positive_number(scales.get(a)):
+            raise ProfileError(f"{where}: field 'correction.scales.{a}' must be a number above 0, "
+                               f"got {scales.get(a)!r}")
 
 
 def from_profile(profile) -> Optional[NeighbourCorrection]:
@@ -144,15 +154,19 @@ def from_profile(profile) -> Optional[NeighbourCorrection]:
     cached = profile.derived.get("correction")
     if cached is None:
         from .families import get_family
-        from .tables import fit_data_table
-
-        table = fit_data_table(profile)
-        ok = np.isfinite(table.time_ms) & (table.time_ms > 0) & ~table.arrays.channels_last
         from .layers import take
+        from .profile import ProfileError
+        from .tables import LayerTableError, fit_data_table
 
-        arrays = take(table.arrays, ok)
-        family = get_family(profile.family)
-        cached = build(settings, arrays, table.time_ms[ok], family.predict_ms(arrays, profile.parameters),
-                       family.classify(arrays))
+        try:
+            table = fit_data_table(profile)
+        except LayerTableError as e:
+            raise ProfileError(f"profile {profile.name!r}: field 'fit_data', the correction's points: {e}") from None
+        ok = np.isfinite(table.time_ms) & (table.time_ms > 0) & ~table.arrays.channels_last
+        if not ok.any():
+            raise ProfileError(f"profile {profile.name!r}: field 'fit_data' has no measured NCHW layer "
+                               "for the correction")
+        cached = of_fit(settings, get_family(profile.family), profile.parameters, take(table.arrays, ok),
+                        table.time_ms[ok])
         profile.derived["correction"] = cached
     return cached

@@ -1,12 +1,14 @@
 """Fit a device profile to measured layer times (least squares on relative or log-ratio error)."""
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .correction import check as check_correction
 from .families import Bound, Family, get_family
 from .layers import LayerArrays
 from .profile import SCHEMA_VERSION, DeviceProfile
@@ -238,9 +240,13 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
     if keep_data:
         fit_data = {"header": list(table.header),
                     "rows": [[table.columns[h][i] for h in table.header] for i in range(len(table))]}
+    settings = None
     if correction is True:
-        correction = fam.correction if keep_data else None
-    elif correction is not False and not keep_data:
-        raise ValueError("a neighbour correction needs keep_data: its points are the fitted rows")
+        settings = copy.deepcopy(fam.correction) if keep_data and fam.correction else None
+    elif correction is not False:
+        if not keep_data:
+            raise ValueError("a neighbour correction needs keep_data: its points are the fitted rows")
+        check_correction(correction, "fit_profile")
+        settings = copy.deepcopy(dict(correction))
     return DeviceProfile(name=name, family=family, parameters=params, provenance=prov,
-                         fit_data=fit_data, schema_version=SCHEMA_VERSION, correction=correction or None)
+                         fit_data=fit_data, schema_version=SCHEMA_VERSION, correction=settings)
