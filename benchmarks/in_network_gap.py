@@ -6,7 +6,10 @@ Per model and batch, from measurements already committed (H100):
 
 - graph: the whole forward as a CUDA graph (`models-DTYPE.csv`);
 - kernels: the sum of every kernel's device time in an eager forward (torch.profiler,
-  `op-breakdown-DTYPE.csv`); graph - kernels is the GPU's idle time between dependent kernels;
+  `op-breakdown-DTYPE.csv`); graph - kernels is what the graph spends beyond the kernels' device
+  times as the profiler sees them (benchmarks/probe_kernel_chain.py finds that chains of
+  dependent kernels take about the sum of their times alone, so this is not idle time that the
+  calibration's timer misses);
 - Conv2d/Linear in the network (cuDNN convolution and addmm/mm kernels of the breakdown) against
   the same layers timed alone (`model-layer-times-DTYPE.csv`, summed over the model's calls);
   for ViT and Swin the breakdown's mm also holds the attention products, which the layers timed

@@ -738,11 +738,19 @@ WHOLE_MODEL_MISSES = """
   right at batch 1. The gap is not in the convolutions: the per-operator breakdown
   (`benchmarks/in_network_gap.py`, `benchmarks/data/in-network-gap.md`) shows the ResNets'
   Conv2d and Linear kernels running inside the network within 7% of their times alone, while at
-  batch 1 the sum of all kernels' device time is a median 5% below the graph time (idle time
-  between dependent kernels; 1% at batch 32), and the other operators are predicted at a median
-  0.81 of their kernels' device time in the network (both batch sizes; for models with biased
-  convolutions this ratio also counts the bias additions, which the prediction puts with the
-  layers). Not modelled.
+  batch 1 the sum of all kernels' device time in an eager forward is a median 5% below the graph
+  time (1% at batch 32), and the other operators are predicted at a median 0.81 of their
+  kernels' device time in the network (both batch sizes; for models with biased convolutions
+  this ratio also counts the bias additions, which the prediction puts with the layers). Idle
+  time between dependent kernels is not the cause: chains of 24-32 dependent kernels
+  (conv-bn-relu, elementwise, linear-gelu-linear blocks; `benchmarks/probe_kernel_chain.py`,
+  `benchmarks/data/kernel-chain.csv`, one H100 run) take 0.92 to 1.04 times the sum of their
+  kernels timed alone by the calibration's timer when the blocks share their weights. Cold
+  weights are part of it: when each of 8 conv-bn-relu blocks has weights of its own (9.4 MB a
+  block in fp32 for 512 channels at 7x7, 75 MB in all: more than the 50 MB L2), as in a
+  network, the chain takes up to 1.10 times the sum (0.97-1.08 for the others), because a
+  layer timed alone reads its weights from the L2 its previous replay warmed. The rest of the
+  gap is in the other operators' predictions at networks' shapes. Not modelled.
 - Eager time at batch 1 is bound by the CPU, and the host costs are measured on microbenchmarks
   (one operation, or one small conv-bn-relu block module, called back to back,
   `PREFIX-host.csv`). Models whose forward runs much Python of its own (maxvit_t, swin_t: window
