@@ -1,5 +1,6 @@
 """correction: the neighbour correction's coordinates, kernel arithmetic, profile section and use."""
 import copy
+import os
 import dataclasses
 import json
 
@@ -221,3 +222,25 @@ def test_cli_fit_writes_the_correction_unless_asked_not_to(tmp_path, capsys):
     assert main(["fit", str(csv_path), "--family", "axes", "--no-correction", "--out", str(tmp_path / "b.json")]) == 0
     assert load_profile(str(tmp_path / "a.json")).correction == DEFAULT
     assert load_profile(str(tmp_path / "b.json")).correction is None
+
+
+def test_dense_and_sparse_distance_paths_agree_and_profiles_share_one_build(monkeypatch):
+    """A model's few shapes take every (layer, point) pair at once, a large table the k-d tree's
+    pairs within the cut: the same numbers, ties at the cut included (log2 coordinates often lie
+    exactly 4 bandwidths apart). Loading a profile again reuses its built correction."""
+    import torch_alpha_profiler.correction as correction
+    from torch_alpha_profiler.tables import read_layer_table
+
+    p = load_profile("h100-fp32", warn_device=False)
+    table = read_layer_table(os.path.join(os.path.dirname(__file__), "..", "benchmarks", "data",
+                                          "model-layer-times-float32.csv"))
+    classes = AXES.classify(table.arrays)
+    monkeypatch.setattr(correction, "DENSE_PAIRS", 10 ** 12)
+    dense = from_profile(p).log_factor(table.arrays, classes)
+    monkeypatch.setattr(correction, "DENSE_PAIRS", 0)
+    sparse = from_profile(p).log_factor(table.arrays, classes)
+    assert np.abs(dense).max() > 0.1 and dense == pytest.approx(sparse, abs=1e-12)
+    assert from_profile(load_profile("h100-fp32", warn_device=False)) is from_profile(p)
+    changed = copy.deepcopy(dict(p.parameters))
+    changed["classes"]["convkxk"]["t0_ms"] *= 2
+    assert from_profile(dataclasses.replace(p, parameters=changed)) is not from_profile(p)

@@ -16,6 +16,8 @@ points are the profile's ``fit_data``.
 """
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
@@ -40,6 +42,8 @@ DEFAULT = {"method": METHOD, "bandwidth": 0.75, "shrink": 0.05,
            "scales": {**{a: 1.0 for a in AXIS_NAMES}, "stride": 0.5, "mis_cin": 0.5, "mis_cout": 0.5}}
 # the kernel is cut at this many bandwidths: a point farther away weighs exp(-8) or less, 0 here
 CUTOFF = 4.0
+# up to this many (layer, calibration layer) pairs of a class, distances are computed densely
+DENSE_PAIRS = 200_000
 
 
 def coordinates(arrays: LayerArrays) -> np.ndarray:
@@ -86,12 +90,16 @@ class NeighbourCorrection:
             if tree is None:
                 continue
             rows = np.flatnonzero(x[:, -1] == c)
-            # the pairs closer than CUTOFF bandwidths, as a sparse (query, point) distance matrix
-            d = cKDTree(x[rows, :-1]).sparse_distance_matrix(tree, CUTOFF * self.bandwidth,
-                                                             output_type="coo_matrix")
-            w = np.exp(-0.5 * (d.data / self.bandwidth) ** 2)
-            num = np.bincount(d.row, weights=w * self.residuals[int(c)][d.col], minlength=len(rows))
-            den = np.bincount(d.row, weights=w, minlength=len(rows))
+            q, r = x[rows, :-1], self.residuals[int(c)]
+            if len(rows) * tree.n <= DENSE_PAIRS:  # a model's few shapes: every pair at once
+                d = np.sqrt(((q[:, None, :] - tree.data[None, :, :]) ** 2).sum(-1))
+                w = np.where(d <= CUTOFF * self.bandwidth, np.exp(-0.5 * (d / self.bandwidth) ** 2), 0.0)
+                num, den = w @ r, w.sum(1)
+            else:  # a large table: only the pairs closer than the cut, as a sparse distance matrix
+                d = cKDTree(q).sparse_distance_matrix(tree, CUTOFF * self.bandwidth, output_type="coo_matrix")
+                w = np.exp(-0.5 * (d.data / self.bandwidth) ** 2)
+                num = np.bincount(d.row, weights=w * r[d.col], minlength=len(rows))
+                den = np.bincount(d.row, weights=w, minlength=len(rows))
             factor[rows] = num / (den + self.shrink)
         out[sized] = factor[inverse.reshape(-1)]
         return out
@@ -145,13 +153,33 @@ def check(settings, where: str) -> None:
                                f"got {scales.get(a)!r}")
 
 
+# corrections of built-in profiles built in this process, by _key: AlphaProfiler(model,
+# profile="h100-fp32") loads the profile each time, and reuses its correction instead of rebuilding it
+_BUILT: "OrderedDict[tuple, NeighbourCorrection]" = OrderedDict()
+_KEEP = 8
+
+
+def _key(profile) -> Optional[tuple]:
+    """What the correction of a built-in profile depends on (its fit_data is the package's): its
+    name, its formula's parameters and its settings; None for other profiles."""
+    name = profile.derived.get("builtin")
+    if name is None:
+        return None
+    return (name, json.dumps(profile.parameters, sort_keys=True, default=float),
+            json.dumps(profile.correction, sort_keys=True, default=float))
+
+
 def from_profile(profile) -> Optional[NeighbourCorrection]:
-    """The correction of ``profile`` (None where it has no ``correction`` section), built once
-    from its ``fit_data`` and kept on the profile."""
+    """The correction of ``profile`` (None where it has no ``correction`` section), built from
+    its ``fit_data`` and kept on the profile (for a built-in profile, once per process)."""
     settings = profile.correction
     if settings is None:
         return None
     cached = profile.derived.get("correction")
+    if cached is not None:
+        return cached
+    key = _key(profile)
+    cached = _BUILT.get(key) if key is not None else None
     if cached is None:
         from .families import get_family
         from .layers import take
@@ -168,5 +196,9 @@ def from_profile(profile) -> Optional[NeighbourCorrection]:
                                "for the correction")
         cached = of_fit(settings, get_family(profile.family), profile.parameters, take(table.arrays, ok),
                         table.time_ms[ok])
-        profile.derived["correction"] = cached
+        if key is not None:
+            _BUILT[key] = cached
+            while len(_BUILT) > _KEEP:
+                _BUILT.popitem(last=False)
+    profile.derived["correction"] = cached
     return cached

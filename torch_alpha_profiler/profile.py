@@ -375,6 +375,7 @@ def load_profile(name_or_path, warn_device: bool = True) -> DeviceProfile:
             text = resources.files("torch_alpha_profiler").joinpath("data", name + ".json").read_text()
             profile = profile_from_dict(_read_json(text, f"built-in profile {name!r}"),
                                         f"built-in profile {name!r}")
+            profile.derived["builtin"] = name  # its fit_data is the package's (correction.from_profile)
         elif os.path.exists(name):
             with open(name, encoding="utf-8") as f:
                 profile = profile_from_dict(_read_json(f.read(), name), name)
