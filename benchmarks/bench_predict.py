@@ -81,9 +81,14 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", nargs="+", type=int, default=[125_000, 250_000, 500_000, 1_000_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-rev", help="also time this git revision's package on the largest table")
-    ap.add_argument("--csv", default=os.path.join(DATA, "predict.csv"), help="raw timings")
+    ap.add_argument("--profile", default="t2000-paper",
+                    help="built-in profile to predict with (an H100 one adds the neighbour correction)")
+    ap.add_argument("--csv", help="raw timings (default benchmarks/data/predict.csv, "
+                                  "predict-PROFILE.csv for another profile than t2000-paper)")
     ap.add_argument("--doc")
     args = ap.parse_args(argv)
+    default = args.profile == "t2000-paper"
+    args.csv = args.csv or os.path.join(DATA, "predict.csv" if default else f"predict-{args.profile}.csv")
 
     from torch_alpha_profiler import tables
     from torch_alpha_profiler.cost import evaluate
@@ -110,7 +115,7 @@ def main(argv=None) -> int:
         for k in range(args.repeat):
             for label, path, n in setups[k % len(setups):] + setups[:k % len(setups)]:
                 out = os.path.join(tmp, "out.csv")
-                wall, rss, err = run_cli(["predict", "--profile", "t2000-paper", "--csv", paths[n],
+                wall, rss, err = run_cli(["predict", "--profile", args.profile, "--csv", paths[n],
                                           "--out", out], path)
                 split = SPLIT.search(err)
                 row = {"setup": label, "rows": n, "run": k, "wall_s": f"{wall:.3f}", "peak_rss_kb": rss,
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
 
         # the prediction step alone, and fast path == reference path, on the largest table
         n = max(args.rows)
-        profile = load_profile("t2000-paper", warn_device=False)
+        profile = load_profile(args.profile, warn_device=False)
         table = tables.read_layer_table(paths[n])
         evaluate(table.arrays, profile)
         times = []
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
                            f"{extra / 2**20:.0f}", f"{extra / n:.0f}"])
     text = "\n".join([
         *doc_header(os.path.relpath(args.csv, REPO), info),
-        f"`alpha-profiler predict --profile t2000-paper --csv big.csv --out out.csv` on seeded synthetic "
+        f"`alpha-profiler predict --profile {args.profile} --csv big.csv --out out.csv` on seeded synthetic "
         f"layer tables ({max(args.rows):,} rows = {file_mb:.0f} MB of CSV), median of {args.repeat} runs. "
         f"Wall time is the whole command (interpreter start and `import torch` included: "
         f"{start_s:.2f} s for an interpreter that only imports `torch_alpha_profiler.cli`); "
@@ -184,7 +189,7 @@ def main(argv=None) -> int:
     ])
     print("\n" + text)
     if args.doc:
-        write_doc_section(args.doc, "bench_predict", text)
+        write_doc_section(args.doc, "bench_predict" if default else f"bench_predict_{args.profile}", text)
     return 0 if identical else 1
 
 

@@ -244,3 +244,22 @@ def test_dense_and_sparse_distance_paths_agree_and_profiles_share_one_build(monk
     changed = copy.deepcopy(dict(p.parameters))
     changed["classes"]["convkxk"]["t0_ms"] *= 2
     assert from_profile(dataclasses.replace(p, parameters=changed)) is not from_profile(p)
+
+
+def test_cli_predict_applies_the_correction_unless_asked_not_to(tmp_path, capsys):
+    from torch_alpha_profiler.cli import main
+
+    held = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "data", "heldout-float32.csv")
+    outs = {}
+    for flag in ((), ("--no-correction",)):
+        out = tmp_path / f"out{len(flag)}.csv"
+        assert main(["predict", "--profile", "h100-fp32", "--csv", held, "--out", str(out), *flag]) == 0
+        outs[flag] = [float(line.rsplit(",", 1)[1]) for line in out.read_text().splitlines()[1:]]
+    p = load_profile("h100-fp32", warn_device=False)
+    from torch_alpha_profiler.tables import read_layer_table
+
+    arrays = read_layer_table(held).arrays
+    assert outs[()] == pytest.approx(evaluate(arrays, p).predicted_ms.tolist(), rel=1e-5)
+    assert outs[("--no-correction",)] == pytest.approx(
+        evaluate(arrays, dataclasses.replace(p, correction=None)).predicted_ms.tolist(), rel=1e-5)
+    assert outs[()] != pytest.approx(outs[("--no-correction",)], rel=1e-3)

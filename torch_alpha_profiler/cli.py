@@ -380,6 +380,10 @@ def cmd_predict(args) -> int:
     from .tables import read_layer_table, with_default_dtype, write_predictions
 
     profile = load_profile(args.profile)
+    if args.no_correction:
+        from dataclasses import replace
+
+        profile = replace(profile, correction=None)
     t0 = time.perf_counter()
     # rows without a dtype column are in the profile's dtype
     table = with_default_dtype(read_layer_table(args.csv), profile.dtype)
@@ -472,9 +476,9 @@ def cmd_profiles(args) -> int:
         mape = fit.get("mape_pct")
         rows.append([name, p.family, p.device_name, p.dtype, p.provenance.get("torch_version") or "",
                      p.provenance.get("n_measurements") or "", "" if mape is None else f"{mape:.1f}",
-                     str(p.provenance.get("date", ""))[:10]])
+                     "neighbours" if p.correction else "", str(p.provenance.get("date", ""))[:10]])
     _emit(tabulate(rows, headers=["profile", "family", "device", "dtype", "torch", "layers fitted",
-                                  "fit MAPE %", "date"]), None)
+                                  "formula's fit MAPE %", "correction", "date"]), None)
     return 0
 
 
@@ -619,6 +623,9 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True)
     p.add_argument("--csv", required=True, help="layer-table CSV")
     p.add_argument("--out", help="output CSV (default: stdout)")
+    p.add_argument("--no-correction", action="store_true",
+                   help="the formula alone, without the profile's neighbour correction (much faster "
+                        "on large tables)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("profiles", help="list built-in profiles and their provenance")
