@@ -75,10 +75,11 @@ def main(argv=None):
         lines.append(f"| {label} | {insample} | {held:.1f} | " + " | ".join(f"{v:.1f}" for v in by_plot) + " |")
     lines += ["", "A refit on some plots extrapolates poorly to an experiment that grows another axis "
               "(the kernel-size plot above all): to predict the paper's other T2000 measurements, the "
-              "published constants are the better choice.", ""]
+              "published constants are the better choice."]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
     with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+        f.write(text)
 
 
 if __name__ == "__main__":
