@@ -43,9 +43,8 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     """
     import torch
 
-    from ..tables import read_layer_table
     from .measure import measure_plan
-    from .plan import channels_last_plan, make_plan
+    from .plan import make_plan
 
     if (train or energy) and not ops:
         raise ValueError("training and energy calibration need the op plan (ops=True): their op rows "
@@ -65,101 +64,38 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
         seconds[stage] = round(now - clock, 1)
         clock = now
 
-    raw, ops_csv, host_csv, nhwc_csv, train_csv, energy_csv = (
-        out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv", "-train.csv", "-energy.csv"))
-    meter = idle_w = None
-    if energy:
-        # NVML's energy counter, polled while each row of the energy plan runs (power.py)
-        from ..energy import nvml_energy_counter
-        from .power import PowerMeter
-
-        index = torch.device(device).index if device.startswith("cuda") else None
-        counter = nvml_energy_counter(torch.cuda.current_device() if index is None else index) \
-            if device.startswith("cuda") else None
-        if counter is None:
-            raise RuntimeError("energy calibration needs a GPU whose energy counter NVML can read "
-                               "(pip install nvidia-ml-py)")
-        meter = PowerMeter(counter)
-        time.sleep(1.0)
-        idle_w = meter.measure(None).watts
+    paths = dict(zip(("raw", "ops", "host", "nhwc", "train", "energy"),
+                     (out_prefix + s for s in (".csv", "-ops.csv", "-host.csv", "-nhwc.csv", "-train.csv",
+                                               "-energy.csv"))))
+    meter, idle_w = _power_meter(device) if energy else (None, None)
     plan = make_plan(scale=scale, seed=seed)
-    measure_plan(plan, raw, device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
+    measure_plan(plan, paths["raw"], device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
     lap("layers")
-    with open(raw + ".env.json") as f:
-        env = json.load(f)
-    if idle_w is not None:
-        env["idle_power_w"] = round(idle_w, 2)
-        with open(raw + ".env.json", "w") as f:
-            json.dump(env, f, indent=1)
-    env.update(source=raw, measurement_env=raw + ".env.json")
+    env = _layer_env(paths["raw"], idle_w)
     profile_name = name or os.path.basename(out_prefix)
+    measuring = dict(device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
     # the layer fit needs only the layer CSV: when other stages follow, a second process fits it on
     # the CPU while the GPU measures them (on the GPU machine the fits took up to a minute of a
     # calibration: benchmarks/probe_fit_time.py, benchmarks/data/fresh-run16/)
     pool = _fit_pool() if ops else None
-    layer_fit = pool.submit(_fit_layers, raw, family, profile_name, env) if pool is not None else None
+    layer_fit = pool.submit(_fit_layers, paths["raw"], family, profile_name, env) if pool is not None else None
     try:
-        if ops:
-            from .opmeasure import measure_host, measure_op_plan
-            from .opplan import host_plan
-
-            measure_op_plan(_op_plan(scale, seed), ops_csv, device=device, dtype=dtype, timer=timer, resume=resume,
-                            progress=progress)
-            lap("ops")
-            measure_host(host_plan(), host_csv, device=device, dtype=dtype)
-            lap("host")
-            measure_plan(channels_last_plan(plan), nhwc_csv, device=device, dtype=dtype, timer=timer,
-                         resume=resume, progress=progress)
-            lap("channels_last")
         train_rows = []
+        if ops:
+            _measure_op_stages(plan, paths, scale, seed, measuring, lap)
         if train:
-            from .train import measure_train, train_plan
-
-            from .opplan import norm_train_rows
-
-            every = {} if scale > 0 else {"op_every": 1}  # smoke test: all
-            # training keeps every 10th channels-last row (its time is not the calibration's 120 s)
-            train_rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan, every=10),
-                                    extra_ops=norm_train_rows() if scale > 0 else (), **every)
-            measure_train(train_rows, train_csv, device=device, dtype=dtype, timer=timer, resume=resume,
-                          progress=progress)
+            train_rows = _measure_train_stage(plan, paths["train"], scale, seed, measuring)
             lap("train")
         if meter is not None:
             from .power import energy_plan, measure_energy
 
-            measure_energy(energy_plan(plan, _op_plan(scale, seed), train_rows), energy_csv, meter, device=device,
-                           dtype=dtype, resume=resume, progress=progress)
+            measure_energy(energy_plan(plan, _op_plan(scale, seed), train_rows), paths["energy"], meter,
+                           device=device, dtype=dtype, resume=resume, progress=progress)
             lap("energy")
-
-        profile = layer_fit.result() if layer_fit is not None else _fit_layers(raw, family, profile_name, env)
+        profile = layer_fit.result() if layer_fit is not None else _fit_layers(paths["raw"], family, profile_name,
+                                                                               env)
         if ops:
-            from dataclasses import replace
-
-            from ..fit import fit_channels_last
-            from ..opcost import L2_BYTES
-            from ..opfit import fit_host, fit_ops
-            from .measure import read_results
-
-            l2 = env.get("l2_cache_bytes") or L2_BYTES
-            profile = replace(profile, ops=fit_ops(list(read_results(ops_csv)), l2_bytes=l2),
-                              host=fit_host(list(read_results(host_csv))),
-                              # its 5-fold CV score is left to `alpha-profiler fit` (five more
-                              # refits: up to 40 s on the GPU machine's CPU)
-                              channels_last=fit_channels_last(read_layer_table(nhwc_csv), family,
-                                                              profile.parameters, cv=False),
-                              provenance=dict(profile.provenance, ops_source=ops_csv, host_source=host_csv,
-                                              channels_last_source=nhwc_csv))
-            if train:
-                from ..trainfit import fit_train
-
-                profile = replace(profile, train=fit_train(list(read_results(train_csv)), list(read_results(ops_csv)),
-                                                           family, l2, source=train_csv))
-            if meter is not None:
-                from ..powerfit import fit_power
-
-                profile = replace(profile, power=fit_power(list(read_results(energy_csv)),
-                                                           list(read_results(ops_csv)), family, idle_w,
-                                                           source=energy_csv))
+            profile = _fit_other_sections(profile, paths, family, env, train, meter is not None, idle_w)
     finally:
         if pool is not None:  # its one task is done unless a stage failed: then do not wait for it
             pool.shutdown(wait=False, cancel_futures=True)
@@ -167,6 +103,102 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     seconds["total"] = round(sum(seconds.values()), 1)
     profile = replace_provenance(profile, calibration_seconds=seconds)
     profile.save(profile_path, overwrite=overwrite)
+    return profile
+
+
+def _power_meter(device: str):
+    """(meter, idle watts): NVML's energy counter, polled while each row of the energy plan runs
+    (power.py), and the board's power before anything runs."""
+    import torch
+
+    from ..energy import nvml_energy_counter
+    from .power import PowerMeter
+
+    index = torch.device(device).index if device.startswith("cuda") else None
+    counter = nvml_energy_counter(torch.cuda.current_device() if index is None else index) \
+        if device.startswith("cuda") else None
+    if counter is None:
+        raise RuntimeError("energy calibration needs a GPU whose energy counter NVML can read "
+                           "(pip install nvidia-ml-py)")
+    meter = PowerMeter(counter)
+    time.sleep(1.0)
+    return meter, meter.measure(None).watts
+
+
+def _layer_env(raw: str, idle_w: Optional[float]) -> dict:
+    """The layer CSV's measurement provenance (with the idle power, written back beside the CSV),
+    as the profile's provenance."""
+    with open(raw + ".env.json") as f:
+        env = json.load(f)
+    if idle_w is not None:
+        env["idle_power_w"] = round(idle_w, 2)
+        with open(raw + ".env.json", "w") as f:
+            json.dump(env, f, indent=1)
+    env.update(source=raw, measurement_env=raw + ".env.json")
+    return env
+
+
+def _measure_op_stages(plan, paths: dict, scale: int, seed: int, measuring: dict, lap) -> None:
+    """The other operations, the host's eager costs and the channels-last rows, each timed and
+    written to its CSV in turn."""
+    from .measure import measure_plan
+    from .opmeasure import measure_host, measure_op_plan
+    from .opplan import host_plan
+    from .plan import channels_last_plan
+
+    measure_op_plan(_op_plan(scale, seed), paths["ops"], **measuring)
+    lap("ops")
+    measure_host(host_plan(), paths["host"], device=measuring["device"], dtype=measuring["dtype"])
+    lap("host")
+    measure_plan(channels_last_plan(plan), paths["nhwc"], **measuring)
+    lap("channels_last")
+
+
+def _measure_train_stage(plan, train_csv: str, scale: int, seed: int, measuring: dict) -> list:
+    """Training steps of every layer row and of half of the trainable ops; returns the rows."""
+    from .opplan import norm_train_rows
+    from .plan import channels_last_plan
+    from .train import measure_train, train_plan
+
+    every = {} if scale > 0 else {"op_every": 1}  # smoke test: all
+    # training keeps every 10th channels-last row (its time is not the calibration's 120 s)
+    rows = train_plan(plan, _op_plan(scale, seed), nhwc_plan=channels_last_plan(plan, every=10),
+                      extra_ops=norm_train_rows() if scale > 0 else (), **every)
+    measure_train(rows, train_csv, **measuring)
+    return rows
+
+
+def _fit_other_sections(profile, paths: dict, family: str, env: dict, train: bool, energy: bool,
+                        idle_w: Optional[float]):
+    """``profile`` with its op classes, host costs, channels-last parameters and, as measured,
+    training-step and power sections fitted."""
+    from dataclasses import replace
+
+    from ..fit import fit_channels_last
+    from ..opcost import L2_BYTES
+    from ..opfit import fit_host, fit_ops
+    from ..tables import read_layer_table
+    from .measure import read_results
+
+    l2 = env.get("l2_cache_bytes") or L2_BYTES
+    op_rows = list(read_results(paths["ops"]))
+    profile = replace(profile, ops=fit_ops(op_rows, l2_bytes=l2), host=fit_host(list(read_results(paths["host"]))),
+                      # its 5-fold CV score is left to `alpha-profiler fit` (five more refits: up to
+                      # 40 s on the GPU machine's CPU)
+                      channels_last=fit_channels_last(read_layer_table(paths["nhwc"]), family, profile.parameters,
+                                                      cv=False),
+                      provenance=dict(profile.provenance, ops_source=paths["ops"], host_source=paths["host"],
+                                      channels_last_source=paths["nhwc"]))
+    if train:
+        from ..trainfit import fit_train
+
+        profile = replace(profile, train=fit_train(list(read_results(paths["train"])), op_rows, family, l2,
+                                                   source=paths["train"]))
+    if energy:
+        from ..powerfit import fit_power
+
+        profile = replace(profile, power=fit_power(list(read_results(paths["energy"])), op_rows, family, idle_w,
+                                                   source=paths["energy"]))
     return profile
 
 
