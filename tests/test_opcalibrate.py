@@ -325,3 +325,32 @@ def test_cli_fit_reproduces_the_calibrated_parameters(calibrated, tmp_path, caps
     assert refit.provenance["ops_source"] == prefix + "-ops.csv"
     assert refit.provenance["host_source"] == prefix + "-host.csv"
     assert refit.provenance["channels_last_source"] == prefix + "-nhwc.csv"
+
+
+def test_a_broken_fit_worker_falls_back_to_fitting_here_with_a_warning(tmp_path, monkeypatch):
+    """A script without a main guard breaks the spawned worker: the layer fit then runs in the
+    calibrating process, and gives what a fit of the layer CSV gives."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import torch_alpha_profiler.calibrate as calibrate_mod
+
+    class BrokenPool:
+        def submit(self, *args):
+            broken = Future()
+            broken.set_exception(BrokenProcessPool("the worker died"))
+            return broken
+
+        def shutdown(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(calibrate_mod, "_fit_pool", BrokenPool)
+    prefix = str(tmp_path / "cpu")
+    with one_thread(), pytest.warns(RuntimeWarning, match="__main__"):
+        profile = calibrate(prefix, device="cpu", scale=0)
+    from torch_alpha_profiler.fit import fit_profile
+    from torch_alpha_profiler.tables import read_layer_table
+
+    with one_thread():
+        again = fit_profile(read_layer_table(prefix + ".csv"), family="axes")
+    assert profile.parameters == again.parameters and profile.ops is not None

@@ -39,7 +39,10 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
       power goes to the provenance. About 2 minutes on an H100;
     * ``PREFIX.json``: the profile, with the seconds each stage took.
 
-    Refuses to start when the profile file exists and ``overwrite`` is false.
+    Refuses to start when the profile file exists and ``overwrite`` is false. A script that calls
+    it should do so under ``if __name__ == "__main__":``, as Python's multiprocessing asks of
+    programs that start processes; otherwise the layer fit runs after the measurements, with a
+    warning.
     """
     import torch
 
@@ -92,8 +95,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
             measure_energy(energy_plan(plan, _op_plan(scale, seed), train_rows), paths["energy"], meter,
                            device=device, dtype=dtype, resume=resume, progress=progress)
             lap("energy")
-        profile = layer_fit.result() if layer_fit is not None else _fit_layers(paths["raw"], family, profile_name,
-                                                                               env)
+        profile = _layer_profile(layer_fit, paths["raw"], family, profile_name, env)
         if ops:
             profile = _fit_other_sections(profile, paths, family, env, train, meter is not None, idle_w)
     finally:
@@ -104,6 +106,24 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     profile = replace_provenance(profile, calibration_seconds=seconds)
     profile.save(profile_path, overwrite=overwrite)
     return profile
+
+
+def _layer_profile(layer_fit, raw: str, family: str, name: str, env: dict):
+    """The layer fit's profile: the worker's result, or fitted here when there is no worker or it
+    could not run. A 'spawn' worker imports the caller's main module again, so a script that calls
+    calibrate() outside ``if __name__ == "__main__":`` breaks it (Python's multiprocessing rule)."""
+    if layer_fit is not None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            return layer_fit.result()
+        except BrokenProcessPool:
+            import warnings
+
+            warnings.warn("the layer fit's worker process could not run (a script that calls calibrate() "
+                          "should do so under 'if __name__ == \"__main__\":'); fitting here instead, after "
+                          "the measurements", RuntimeWarning, stacklevel=3)
+    return _fit_layers(raw, family, name, env)
 
 
 def _power_meter(device: str):
