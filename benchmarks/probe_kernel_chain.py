@@ -59,11 +59,11 @@ def patterns(torch, dtype):
                 ("distinct conv3x3-bn-relu 256x14x14", n, conv_bn_relu(n, 256, 14)),
                 ("distinct conv1x1-bn-relu 1024x14x14", n, bottleneck_1x1(n, 1024, 14))]
     for n in (1, 32):
-        out += [(f"conv3x3-bn-relu 64x56x56", n, conv_bn_relu(n, 64, 56)),
-                (f"conv3x3-bn-relu 256x14x14", n, conv_bn_relu(n, 256, 14)),
-                (f"conv1x1-bn-relu 512x7x7", n, bottleneck_1x1(n, 512, 7)),
-                (f"relu-add-sigmoid-mul 64x56x56", n, elementwise(n, 64, 56)),
-                (f"relu-add-sigmoid-mul 256x14x14", n, elementwise(n, 256, 14))]
+        out += [("conv3x3-bn-relu 64x56x56", n, conv_bn_relu(n, 64, 56)),
+                ("conv3x3-bn-relu 256x14x14", n, conv_bn_relu(n, 256, 14)),
+                ("conv1x1-bn-relu 512x7x7", n, bottleneck_1x1(n, 512, 7)),
+                ("relu-add-sigmoid-mul 64x56x56", n, elementwise(n, 64, 56)),
+                ("relu-add-sigmoid-mul 256x14x14", n, elementwise(n, 256, 14))]
     out += [("linear-gelu-linear 197x768", 1, mlp(197, 768)), ("linear-gelu-linear 6304x768", 32, mlp(32 * 197, 768))]
     return out
 

@@ -64,12 +64,16 @@ def correction_factor(arrays: LayerArrays, profile: DeviceProfile) -> np.ndarray
     from .correction import from_profile
 
     correction = from_profile(profile)
+    factor = np.ones(len(arrays))
     if correction is None:
-        return np.ones(len(arrays))
-    factor = np.exp(correction.log_factor(arrays, get_family(profile.family).classify(arrays)))
-    if profile.channels_last is None:
         return factor
-    return np.where(arrays.channels_last, 1.0, factor)
+    # only the rows the NCHW parameters cost: weighing the others' shapes would be thrown away
+    use, rows = slice(None), arrays
+    if profile.channels_last is not None:
+        use = np.flatnonzero(~arrays.channels_last)
+        rows = take(arrays, use)
+    factor[use] = np.exp(correction.log_factor(rows, get_family(profile.family).classify(rows)))
+    return factor
 
 
 def bias_add_piece(batch: int, out_channels: int, out_hw, itemsize: int, backward: bool = False):
