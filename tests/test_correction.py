@@ -263,3 +263,35 @@ def test_cli_predict_applies_the_correction_unless_asked_not_to(tmp_path, capsys
     assert outs[("--no-correction",)] == pytest.approx(
         evaluate(arrays, dataclasses.replace(p, correction=None)).predicted_ms.tolist(), rel=1e-5)
     assert outs[()] != pytest.approx(outs[("--no-correction",)], rel=1e-3)
+
+
+@pytest.mark.parametrize("high", [4, 2 ** 40])
+def test_distinct_rows_matches_numpy_unique(high):
+    """The packed lexsort dedup gives np.unique's distinct rows and a valid inverse, whether the
+    columns fit one 63-bit word (small values) or need several (values up to 2**40)."""
+    from torch_alpha_profiler.correction import distinct_rows
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, high, size=(5000, 4))
+    keys = np.concatenate([keys, keys[::3]])  # repeated rows
+    first, inverse = distinct_rows(keys)
+    assert np.array_equal(keys[first][inverse], keys)
+    assert len(first) == len(np.unique(keys, axis=0))
+    assert distinct_rows(np.zeros((0, 3), dtype=np.int64))[0].shape == (0,)
+
+
+def test_a_large_table_is_corrected_as_its_rows_are_one_by_one():
+    """The dedup of a large table's shapes keeps each row's own factor: a table of repeated and
+    distinct rows gets, row by row, the factor of that row alone."""
+    from torch_alpha_profiler.layers import take
+
+    p = load_profile("h100-fp32", warn_device=False)
+    corr = from_profile(p)
+    rows = [conv(N=n, Cin=c, Cout=c, H=h, K=k) for n in (1, 8) for c in (24, 64, 100) for h in (7, 28) for k in (1, 9)]
+    arrays = make_arrays(**{f: np.concatenate([getattr(r, f) for r in rows] * 3)
+                            for f in ("is_linear", "N", "Cin", "Cout", "Hin", "Win", "Hout", "Wout", "K1", "K2",
+                                      "stride", "groups", "itemsize")})
+    together = corr.log_factor(arrays, AXES.classify(arrays))
+    alone = [corr.log_factor(take(arrays, [i]), AXES.classify(take(arrays, [i])))[0] for i in range(len(rows))]
+    assert np.abs(together).max() > 0.01
+    assert together == pytest.approx(np.array(alone * 3), abs=1e-12)

@@ -88,12 +88,14 @@ class Family:
             return params["classes"][cls].get(name, self.optional_params[name])
         return params["classes"][cls][name]
 
-    def class_values(self, arrays: LayerArrays, params: Params, name: str) -> np.ndarray:
-        """Per-layer value of class parameter ``name`` (gathered by class)."""
+    def class_values(self, arrays: LayerArrays, params: Params, name: str,
+                     classes: Optional[np.ndarray] = None) -> np.ndarray:
+        """Per-layer value of class parameter ``name`` (gathered by class; ``classes``: the
+        layers' class indices, when the caller has them already)."""
         default = self.optional_params.get(name)
         table = np.array([float(params["classes"][c][name] if default is None
                                 else params["classes"][c].get(name, default)) for c in self.classes])
-        return table[self.classify(arrays)]
+        return table[self.classify(arrays) if classes is None else classes]
 
 
 class PaperFamily(Family):
@@ -251,7 +253,8 @@ class AxesFamily(Family):
         return np.where(arrays.is_linear, 0, np.where(arrays.groups > 1, grouped, kxk)).astype(np.int64)
 
     def _parts(self, arrays, params):
-        v = {name: self.class_values(arrays, params, name) for name in self.class_params}
+        classes = self.classify(arrays)
+        v = {name: self.class_values(arrays, params, name, classes) for name in self.class_params}
         x = {"S": arrays.S.astype(np.float64),
              "cin": (arrays.Cin // arrays.groups).astype(np.float64),
              "cout": (arrays.Cout // arrays.groups).astype(np.float64)}
