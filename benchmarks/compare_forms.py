@@ -115,7 +115,7 @@ def main(argv=None):
 
     lines = ["# Choosing the form: cross-validated error on the calibration plan", "",
              "Made by `python benchmarks/compare_forms.py` from `benchmarks/data/calib-DTYPE.csv` "
-             "(H100, plan v4). 5-fold cross-validation: each layer is predicted by a fit that did not "
+             "(H100, plan v5). 5-fold cross-validation: each layer is predicted by a fit that did not "
              "see it. An effect stays in the shipped form when switching it off raises the CV MAPE by at least 0.5 points in at least one dtype. "
              "The first table varies the formula (each row without the neighbour correction); the second adds "
              "the neighbour correction to the shipped formula.", ""]

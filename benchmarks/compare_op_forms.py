@@ -39,7 +39,7 @@ CHANNELS_LAST_NOTE = ("`fit.fit_channels_last` refits the default set (`fit.CHAN
                       "channels, and about 0.18 us (bf16) more for each tap, a floor that no power of the "
                       "kernel size on the MACs describes. Until then each calibration chose between the default "
                       "and refitting everything by this CV. Refitting everything is lower in bf16 in the tables "
-                      "above (by 2.3 points; 0.3 higher in fp32), but over two calibrations it is no better on "
+                      "above (by 1.4 points; 3.9 higher in fp32; with plan v4's NCHW fit 2.3 lower and 0.3 higher), but over two calibrations it is no better on "
                       "average and less stable: on the fresh calibration of run 15 it is 2.2 points higher in "
                       "fp32 and 5.3 in bf16 (`benchmarks/channels_last_refit_choice.py`, "
                       "`benchmarks/data/probe-speed/channels-last-refit-choice.md`), and its fit took up to 45 s "
