@@ -127,7 +127,7 @@ class NeighbourCorrection:
             if len(rows) * tree.n <= DENSE_PAIRS:  # a model's few shapes: every pair at once
                 d = np.sqrt(((q[:, None, :] - tree.data[None, :, :]) ** 2).sum(-1))
                 w = np.where(d <= CUTOFF * self.bandwidth, np.exp(-0.5 * (d / self.bandwidth) ** 2), 0.0)
-                num, den = w @ r, w.sum(1)
+                num, den = (w * r).sum(1), w.sum(1)  # row by row: the same sums whatever other rows come along
             else:  # a large table: only the pairs closer than the cut, as a sparse distance matrix
                 d = cKDTree(q).sparse_distance_matrix(tree, CUTOFF * self.bandwidth, output_type="coo_matrix")
                 w = np.exp(-0.5 * (d.data / self.bandwidth) ** 2)
