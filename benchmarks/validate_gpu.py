@@ -738,7 +738,8 @@ WHOLE_MODEL_MISSES = """
   offset this gap; 15.2% before plan v5). A part of it is specific to bf16 batch norm: in an
   eager bf16 forward each batch norm also runs a small `copy_` kernel of a channel vector (one
   for each of the 1,569 batch norms of the 31 models at batch 1, 1.3-3.5 us each, 3.5 ms in all:
-  `op-breakdown-bfloat16.csv`; none in fp32), and batch norm and its copy together take 1.2
+  `op-breakdown-bfloat16.csv`, `benchmarks/bf16_batch_norm_copies.py`; none in fp32), and batch norm
+  and its copy together take 1.2
   times the batch norm's predicted time (6.3 against 5.2 us a call on average). The calibration
   times batch norm with bf16 statistics as networks have them, so the copy is in its rows; why
   it costs more inside a network is not known. The per-image factor (session 5) had already made the Conv2d/Linear sums
