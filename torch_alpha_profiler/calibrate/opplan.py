@@ -141,9 +141,36 @@ def norm_train_rows(max_elements: int = 2 ** 27) -> List[Dict[str, str]]:
             for hw in (7, 14, 28, 56, 112, 224) if n * c * hw * hw <= max_elements]
 
 
+# networks' activations (network_rows): their channel counts and square sides, batch 1 weighted
+NETWORK_CHANNELS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 2048)
+NETWORK_SIDES = (7, 14, 28, 56, 112)
+NETWORK_BATCHES = (1, 1, 8, 32)
+
+
+def network_rows(per_kind: int, seed: int, max_elements: int = MAX_ELEMENTS) -> List[Dict[str, str]]:
+    """``per_kind`` rows of each stream kind at the activations of convolutional networks (batch
+    1, 8 or 32; 16-2048 channels; 7x7 to 112x112), drawn at random: the stream rows are spread
+    over sizes, and at a given size over any batch and channel count, while a network's operators
+    sit on a few channel counts and sides (op plan v2, session 8)."""
+    rng = random.Random(seed)
+    rows: List[Dict[str, str]] = []
+    for kind in KINDS:
+        if kind in ("bmm", "sdpa"):
+            continue
+        drawn = 0
+        while drawn < per_kind:
+            n, c, h = rng.choice(NETWORK_BATCHES), rng.choice(NETWORK_CHANNELS), rng.choice(NETWORK_SIDES)
+            if n * c * h * h <= max_elements:
+                rows.append(op_row("network", kind, (n, c, h, h)))
+                drawn += 1
+    return rows
+
+
 def make_op_plan(per_kind: int = 20, seed: int = 0, matmuls: int = 64, attention: int = 32,
-                 max_elements: int = MAX_ELEMENTS) -> List[Dict[str, str]]:
-    """The op calibration plan: ``per_kind`` sizes of each stream kind, random bmm and sdpa shapes.
+                 max_elements: int = MAX_ELEMENTS, network: int = 0) -> List[Dict[str, str]]:
+    """The op calibration plan: ``per_kind`` sizes of each stream kind, random bmm and sdpa shapes,
+    then ``network`` rows of each stream kind at networks' activations (network_rows; appended, so
+    that the other rows keep their places).
 
     Stream sizes run from 2^10 elements to ``max_elements`` (2^27 by default).
     """
@@ -175,7 +202,7 @@ def make_op_plan(per_kind: int = 20, seed: int = 0, matmuls: int = 64, attention
             if b * h * s * max(s, e) <= max_elements:
                 break
         plan.append(op_row("attention", "sdpa", (b, h, s, e)))
-    return plan
+    return plan + network_rows(network, seed + 1, max_elements) if network else plan
 
 
 def host_plan() -> List[Dict[str, str]]:
