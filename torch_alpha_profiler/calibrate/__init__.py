@@ -227,8 +227,7 @@ def _op_plan(scale: int, seed: int):
     from .opplan import make_op_plan
 
     if scale > 0:
-        return make_op_plan(per_kind=20 * scale, seed=seed, matmuls=64 * scale, attention=32 * scale,
-                            network=8 * scale)
+        return make_op_plan(per_kind=20 * scale, seed=seed, matmuls=64 * scale, attention=32 * scale)
     return make_op_plan(per_kind=2, seed=seed, matmuls=8, attention=8, max_elements=2 ** 16)
 
 

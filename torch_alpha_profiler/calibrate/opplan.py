@@ -151,7 +151,9 @@ def network_rows(per_kind: int, seed: int, max_elements: int = MAX_ELEMENTS) -> 
     """``per_kind`` rows of each stream kind at the activations of convolutional networks (batch
     1, 8 or 32; 16-2048 channels; 7x7 to 112x112), drawn at random: the stream rows are spread
     over sizes, and at a given size over any batch and channel count, while a network's operators
-    sit on a few channel counts and sides (op plan v2, session 8)."""
+    sit on a few channel counts and sides. Not in calibrate's plan: measured once (session 8,
+    benchmarks/gpu_op_network_rows.sh), the op fit without them predicted them within 7-9%,
+    without bias (benchmarks/op_network_rows.py), so they did not earn their calibration time."""
     rng = random.Random(seed)
     rows: List[Dict[str, str]] = []
     for kind in KINDS:
