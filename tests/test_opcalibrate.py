@@ -72,6 +72,26 @@ def test_op_plan_is_deterministic_and_covers_every_kind():
     assert adds[-1] / adds[0] > 1e4
 
 
+def test_network_rows_are_appended_at_networks_activations():
+    """make_op_plan(network=k) keeps the plan's rows in their places and appends k rows of each
+    stream kind at networks' shapes, within the element cap; calibrate's plan has none."""
+    from torch_alpha_profiler.calibrate import _op_plan
+    from torch_alpha_profiler.calibrate.opplan import NETWORK_CHANNELS, NETWORK_SIDES
+
+    base = make_op_plan(per_kind=2, matmuls=1, attention=1)
+    plan = make_op_plan(per_kind=2, matmuls=1, attention=1, network=3, max_elements=2 ** 20)
+    plan_base = make_op_plan(per_kind=2, matmuls=1, attention=1, max_elements=2 ** 20)
+    assert plan[:len(plan_base)] == plan_base and len(base) == len(plan_base)
+    extra = plan[len(plan_base):]
+    stream = [k for k in KINDS if k not in ("bmm", "sdpa")]
+    assert [r["op"] for r in extra] == [k for k in stream for _ in range(3)]
+    for r in extra:
+        n, c, h, w = (int(r[f"d{j}"]) for j in range(4))
+        assert r["sweep"] == "network" and c in NETWORK_CHANNELS and h == w and h in NETWORK_SIDES
+        assert n * c * h * w <= 2 ** 20
+    assert not any(r["sweep"] == "network" for r in _op_plan(1, 0))
+
+
 def test_host_plan_has_the_smallest_size_of_every_kind():
     plan = host_plan()
     assert [r["op"] for r in plan] == list(KINDS + HOST_ONLY_KINDS)
