@@ -76,14 +76,26 @@ def correction_factor(arrays: LayerArrays, profile: DeviceProfile) -> np.ndarray
     return factor
 
 
+# The operator whose calibrated parameters cost a Conv2d's bias addition. PyTorch adds the bias
+# after the convolution as an in-place add of a (1, C, 1, 1) tensor: a binary kernel with a
+# channel-broadcast operand, which cannot take the vectorized path of two same-shape tensors. The
+# op calibration times that kernel in its ``mul_bcast`` rows ((N, C, H, W) x (N, C, 1, 1), fitted
+# as ``mul``), 2-3 times slower per byte than its same-shape ``add`` rows. Until session 8 the
+# bias was costed as ``add``: the layers of torchvision models timed with their biases
+# (accuracy.md) then showed biased layers far slower than predicted (SqueezeNet's at batch 32).
+BIAS_OPERATOR = "mul"
+
+
 def bias_add_piece(batch: int, out_channels: int, out_hw, itemsize: int, backward: bool = False):
-    """The bias kernels of one biased Conv2d call: an elementwise ``add`` reading and writing the
-    output and reading the bias, and with ``backward`` the bias gradient, a ``sum`` of the
-    output's gradient to one value a channel."""
+    """The bias kernels of one biased Conv2d call: an elementwise addition reading and writing the
+    output and reading the bias, costed as the calibration's channel-broadcast kernel
+    (``BIAS_OPERATOR``), and with ``backward`` the bias gradient, a ``sum`` of the output's
+    gradient to one value a channel."""
     from .ops import Piece
 
     elements = batch * out_channels * out_hw[0] * out_hw[1]
-    pieces = [Piece("elementwise", nbytes=itemsize * (2 * elements + out_channels), itemsize=itemsize, op="add")]
+    pieces = [Piece("elementwise", nbytes=itemsize * (2 * elements + out_channels), itemsize=itemsize,
+                    op=BIAS_OPERATOR)]
     if backward:
         pieces.append(Piece("reduce", nbytes=itemsize * (elements + out_channels), itemsize=itemsize, op="sum"))
     return pieces
