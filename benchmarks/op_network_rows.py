@@ -59,6 +59,18 @@ def main():
             m = np.array([r["op"] == kind for r in new])
             print(f"    {kind:14s} n={m.sum()} measured / predicted (committed fit): median "
                   f"{np.median(y[m] / alone[m]):.2f}, range {np.min(y[m] / alone[m]):.2f}-{np.max(y[m] / alone[m]):.2f}")
+    rerun = os.path.join(DATA, "run22")
+    if os.path.isdir(rerun):  # the same rows timed again by gpu_op_network_rows.sh on another machine
+        for dtype in ("float32", "bfloat16"):
+            times = []
+            for folder in (DATA, rerun):
+                with open(os.path.join(folder, f"ops-{dtype}.csv")) as f:
+                    times.append({(r["op"], r["d0"], r["d1"], r["d2"], r["d3"]): float(r["time_ms"])
+                                  for r in _ok_rows(list(csv.DictReader(f))) if r["sweep"] == "network"})
+            common = sorted(set(times[0]) & set(times[1]))
+            ratio = np.array([times[1][k] / times[0][k] for k in common])
+            print(f"{dtype}: run22 / committed over {len(common)} network rows: median {np.median(ratio):.3f}, "
+                  f"median absolute difference {np.median(np.abs(ratio - 1)) * 100:.1f}%")
 
 
 if __name__ == "__main__":
