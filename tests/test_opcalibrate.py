@@ -90,6 +90,8 @@ def test_network_rows_are_appended_at_networks_activations():
         assert r["sweep"] == "network" and c in NETWORK_CHANNELS and h == w and h in NETWORK_SIDES
         assert n * c * h * w <= 2 ** 20
     assert not any(r["sweep"] == "network" for r in _op_plan(1, 0))
+    with pytest.raises(ValueError, match="no network activation fits"):
+        make_op_plan(per_kind=1, matmuls=1, attention=1, network=1, max_elements=2 ** 9)
 
 
 def test_host_plan_has_the_smallest_size_of_every_kind():

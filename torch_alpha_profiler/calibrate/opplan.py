@@ -154,6 +154,10 @@ def network_rows(per_kind: int, seed: int, max_elements: int = MAX_ELEMENTS) -> 
     sit on a few channel counts and sides. Not in calibrate's plan: measured once (session 8,
     benchmarks/gpu_op_network_rows.sh), the op fit without them predicted them within 7-9%,
     without bias (benchmarks/op_network_rows.py), so they did not earn their calibration time."""
+    smallest = min(NETWORK_BATCHES) * min(NETWORK_CHANNELS) * min(NETWORK_SIDES) ** 2
+    if per_kind > 0 and max_elements < smallest:
+        raise ValueError(f"network_rows: no network activation fits in {max_elements} elements "
+                         f"(the smallest has {smallest})")
     rng = random.Random(seed)
     rows: List[Dict[str, str]] = []
     for kind in KINDS:
