@@ -80,9 +80,10 @@ def correction_factor(arrays: LayerArrays, profile: DeviceProfile) -> np.ndarray
 # after the convolution as an in-place add of a (1, C, 1, 1) tensor: a binary kernel with a
 # channel-broadcast operand, which cannot take the vectorized path of two same-shape tensors. The
 # op calibration times that kernel in its ``mul_bcast`` rows ((N, C, H, W) x (N, C, 1, 1), fitted
-# as ``mul``), 2-3 times slower per byte than its same-shape ``add`` rows. Until session 8 the
-# bias was costed as ``add``: the layers of torchvision models timed with their biases
-# (accuracy.md) then showed biased layers far slower than predicted (SqueezeNet's at batch 32).
+# as ``mul``), which the profiles predict 1.2-1.7 (fp32) and 1.5-3.1 (bf16) times slower per byte
+# than their same-shape ``add`` over a bias addition's sizes. Until session 8 the bias was costed
+# as ``add``: SqueezeNet's biased layers at batch 32, timed with their biases, then took 1.5 (fp32)
+# and 1.6 (bf16) times their prediction in sum (benchmarks/bias_operator_check.py).
 BIAS_OPERATOR = "mul"
 
 
