@@ -25,31 +25,25 @@ from torch_alpha_profiler.profile import load_profile  # noqa: E402
 
 def main():
     data = os.path.join(HERE, "data")
-    vector = re.compile(r"\[\[\d+\],\[\d+\],\[\]\]")
-    copies = calls = copy_us = bn_us = 0.0
-    low, high = float("inf"), 0.0
-    models = set()
+    vector = re.compile(r"\[\[\d+\],\[\d+\],\[\]\]")  # a copy_ of one channel vector
     for dtype in ("float32", "bfloat16"):
-        n = 0.0
+        copies = calls = copy_us = bn_us = 0.0
+        low, high = float("inf"), 0.0
+        models = set()
         with open(os.path.join(data, f"op-breakdown-{dtype}.csv")) as f:
             for r in csv.DictReader(f):
                 if r["batch"] != "1":
                     continue
+                models.add(r["model"])
                 c, t = float(r["calls_per_forward"]), float(r["self_device_us_per_call"])
                 if r["op"] == "aten::copy_" and vector.fullmatch(r["input_shapes"]):
-                    n += c
-                    if dtype == "bfloat16":
-                        copy_us += c * t
-                        low, high = min(low, t), max(high, t)
-                if dtype == "bfloat16":
-                    models.add(r["model"])
-                    if r["op"] == "aten::cudnn_batch_norm" or r["op"] == "aten::batch_norm" or \
-                            r["op"].endswith("batch_norm") and "backward" not in r["op"]:
-                        calls += c
-                        bn_us += c * t
-        print(f"{dtype}: copy_ kernels of one channel vector at batch 1: {n:.0f}")
-        if dtype == "bfloat16":
-            copies = n
+                    copies += c
+                    copy_us += c * t
+                    low, high = min(low, t), max(high, t)
+                elif r["op"].endswith("batch_norm"):  # native_batch_norm in these traces
+                    calls += c
+                    bn_us += c * t
+        print(f"{dtype}: copy_ kernels of one channel vector at batch 1: {copies:.0f}")
     print(f"bfloat16, batch 1, {len(models)} models: {calls:.0f} batch-norm calls, {bn_us / 1e3:.2f} ms; "
           f"{copies:.0f} vector copies, {copy_us / 1e3:.2f} ms, {low:.2f}-{high:.2f} us each")
     profile = load_profile("h100-bf16", warn_device=False)

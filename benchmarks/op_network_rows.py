@@ -13,27 +13,25 @@ gap of the other operators (accuracy.md) comes from running inside a network.
 import csv
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from torch_alpha_profiler.opcost import stream_ms  # noqa: E402
+from torch_alpha_profiler.opcost import pieces_ms  # noqa: E402
 from torch_alpha_profiler.opfit import _ok_rows, fit_ops, row_inner, row_operator, row_outer  # noqa: E402
-from torch_alpha_profiler.ops import STREAM_CLASSES  # noqa: E402
+from torch_alpha_profiler.ops import STREAM_CLASSES, Piece  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "op-network-rows")
 
 
 def predict(ops, rows):
-    """Predicted ms of op-calibration ``rows`` under an 'ops' section (operator, else class)."""
-    out = []
-    for r in rows:
-        p = ops["operators"].get(row_operator(r)) or ops["stream"][r["cls"]]
-        t = stream_ms(np.array([float(r["nbytes"])]), p, np.array([float(row_inner(r))]), ops["l2_bytes"],
-                      np.array([float(row_outer(r))]))
-        out.append(float(np.asarray(t)[0]))
-    return np.array(out)
+    """Predicted ms of op-calibration ``rows`` under an 'ops' section, as the profiler costs its
+    pieces (opcost.pieces_ms: each operator's parameters, else its class's)."""
+    pieces = [Piece(r["cls"], nbytes=int(float(r["nbytes"])), op=row_operator(r), inner=row_inner(r),
+                    outer=row_outer(r)) for r in rows]
+    return pieces_ms(pieces, SimpleNamespace(ops=ops))
 
 
 def main():
