@@ -1,0 +1,147 @@
+"""Would a denser calibration reach issue 3's per-layer target? A learning curve over many more
+random layers than the plan has.
+
+    # on the GPU machine (writes a raw CSV as it goes; resumable)
+    python benchmarks/dense_random_rows.py measure --dtype float32 --count 3000 --out DIR
+    # anywhere: refit on the plan plus the first n dense rows, predict the held-out sets
+    python benchmarks/dense_random_rows.py report --data benchmarks/data --dense benchmarks/data/dense-random
+
+`measure` times ``count`` random Conv2d/Linear layers drawn as the plan's random rows are
+(`plan.random_rows`, seed DENSE_SEED), none of them in the calibration plan or in either held-out
+set. `report` refits the shipped form (the axes family and its neighbour correction, the
+profile's settings) on the calibration plus the first n of them, for growing n, and prints the
+error on the held-out layers (accuracy.md) and on the fresh ones (accuracy-fresh.md), which the
+fits never see. The held-out sets are only read: nothing is chosen on them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+DENSE_SEED = 20261127  # the plan's random rows use seeds 0 and 2, the held-out sets 20261125-6
+HELDOUT_SEEDS = (20261125, 20261126)  # validate_gpu.HELDOUT_SEED, validate_gpu.FRESH_SEED
+STEPS = (0, 300, 600, 1200, 2400)
+
+
+def dense_rows(count):
+    """The first ``count`` dense rows: random layers outside the plan and the held-out draws."""
+    from torch_alpha_profiler.calibrate.plan import config_key, make_plan, random_rows
+
+    taken = {config_key(r) for r in make_plan()}
+    for seed in HELDOUT_SEEDS:  # as many as validate_gpu draws for a set of 300, and more
+        taken |= {config_key(r) for r in random_rows(1000, seed, sweep="heldout")}
+    rows, seen = [], set()
+    for r in random_rows(2 * count + 100, DENSE_SEED, sweep="dense"):
+        k = config_key(r)
+        if k not in taken and k not in seen:
+            seen.add(k)
+            rows.append(r)
+    return rows[:count]
+
+
+def cmd_measure(args):
+    import torch
+
+    from torch_alpha_profiler.calibrate.measure import measure_plan
+
+    os.makedirs(args.out, exist_ok=True)
+    print("device:", torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    t0 = time.monotonic()
+    rows = dense_rows(args.count)
+    measure_plan(rows, os.path.join(args.out, f"dense-{args.dtype}.csv"), device="cuda", dtype=args.dtype)
+    print(f"dense rows ({args.dtype}): {len(rows)} in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def _mape(pred, meas):
+    import numpy as np
+
+    return float(np.mean(np.abs(pred / meas - 1)) * 100)
+
+
+def cmd_report(args):
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from torch_alpha_profiler.correction import of_fit
+    from torch_alpha_profiler.families import get_family
+    from torch_alpha_profiler.fit import fit_parameters
+    from torch_alpha_profiler.layers import concat, take
+    from torch_alpha_profiler.profile import load_profile
+    from torch_alpha_profiler.tables import read_layer_table
+
+    fam = get_family("axes")
+    lines = ["# Learning curve over denser random calibration layers", "",
+             "Made by `python benchmarks/dense_random_rows.py report` from `dense-DTYPE.csv` (this folder) and "
+             "the committed calibration and held-out tables. Each row refits the axes family (5-fold CV "
+             "settings of the shipped profile, its neighbour correction included) on the calibration plus "
+             "the first n dense random layers, and predicts the two held-out sets of random layers and the "
+             "models' layers, none of which any fit sees.", ""]
+    for dtype, profile_name in zip(args.dtypes, args.profiles):
+        settings = load_profile(profile_name, warn_device=False).correction
+        calib = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
+        dense = read_layer_table(os.path.join(args.dense, f"dense-{dtype}.csv"))
+        tests = {"held-out": read_layer_table(os.path.join(args.data, f"heldout-{dtype}.csv")),
+                 "fresh held-out": read_layer_table(os.path.join(args.data, "fresh-validation",
+                                                                 f"heldout-{dtype}.csv")),
+                 "models' layers": read_layer_table(os.path.join(args.data, f"model-layer-times-{dtype}.csv"))}
+        unbiased = np.array([b in ("", "0") for b in tests["models' layers"].columns["bias"]])
+        lines += [f"## {dtype} ({len(dense)} dense layers measured)", "",
+                  "| dense layers added | random layers in the fit | " + " | ".join(
+                      f"{name} MAPE % (Spearman)" for name in tests) + " | dense layers not in the fit, MAPE % |",
+                  "|---:|---:|" + "---:|" * (len(tests) + 1)]
+        n_random = int(sum(s == "random" for s in calib.columns["sweep"]))
+        for n in [s for s in STEPS if s <= len(dense)] + ([len(dense)] if len(dense) not in STEPS else []):
+            t0 = time.monotonic()
+            arrays = concat([calib.arrays, take(dense.arrays, np.arange(n))])
+            times = np.concatenate([calib.time_ms, dense.time_ms[:n]])
+            params = fit_parameters(fam, arrays, times)
+            corr = of_fit(settings, fam, params, arrays, times)
+
+            def predict(a):
+                return fam.predict_ms(a, params) * np.exp(corr.log_factor(a, fam.classify(a)))
+
+            cells = []
+            for name, table in tests.items():
+                pred, meas = predict(table.arrays), table.time_ms
+                if name == "models' layers":  # timed with their biases, which the layer fit does not cost
+                    pred, meas = pred[unbiased], meas[unbiased]
+                cells.append(f"{_mape(pred, meas):.1f} ({spearmanr(pred, meas)[0]:.3f})")
+            rest = np.arange(n, len(dense))
+            left = _mape(predict(take(dense.arrays, rest)), dense.time_ms[rest]) if len(rest) else float("nan")
+            lines.append(f"| {n} | {n_random + n} | " + " | ".join(cells) + f" | {left:.1f} |")
+            print(lines[-1], f"({time.monotonic() - t0:.0f} s)", flush=True)
+        lines += ["", "The models' layers column keeps the layers timed without a bias "
+                  f"({int(unbiased.sum())} of {len(unbiased)}): the layer fit does not cost bias additions.", ""]
+    with open(args.out_md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("measure", help="time the dense random layers (GPU)")
+    m.add_argument("--dtype", default="float32")
+    m.add_argument("--count", type=int, default=3000)
+    m.add_argument("--out", required=True)
+    m.set_defaults(func=cmd_measure)
+    r = sub.add_parser("report", help="the learning curve (CPU)")
+    r.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+    r.add_argument("--dense", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                                                   "dense-random"))
+    r.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    r.add_argument("--profiles", nargs="+", default=["h100-fp32", "h100-bf16"])
+    r.add_argument("--out-md", default=None)
+    r.set_defaults(func=cmd_report)
+    args = p.parse_args(argv)
+    if getattr(args, "out_md", "") is None:
+        args.out_md = os.path.join(args.dense, "learning-curve.md")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
