@@ -18,7 +18,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from torch_alpha_profiler.correction import of_fit  # noqa: E402
 from torch_alpha_profiler.families import get_family  # noqa: E402
 from torch_alpha_profiler.fit import fit_parameters  # noqa: E402
 from torch_alpha_profiler.layers import take  # noqa: E402
@@ -72,21 +71,31 @@ def cross_validate(table, family, fixed, folds=5, seed=0, loss=None):
     return pred
 
 
-def cross_validate_corrected(table, settings_list, folds=5, seed=0):
+def cross_validate_corrected(table, settings_list, folds=5, seed=0, trees=None):
     """The shipped form's CV predictions, alone and with each neighbour correction of
     ``settings_list`` (correction.py), whose points are the fold's training layers and their
-    residuals under the fold's fit: (formula's predictions, [corrected predictions, ...])."""
+    residuals under the fold's fit: (formula's predictions, [corrected predictions, ...]).
+    ``trees``: residual trees' settings (trees.py): each fold also fits trees on its formula's
+    residuals, and the corrections correct what they left."""
+    from torch_alpha_profiler import trees as residual_trees
+    from torch_alpha_profiler.correction import build
+
     fam = get_family("axes")
     fold = np.random.default_rng(seed).integers(0, folds, len(table))
     base = np.zeros(len(table))
     corrected = [np.zeros(len(table)) for _ in settings_list]
     for k in range(folds):
         train, test = take(table.arrays, fold != k), take(table.arrays, fold == k)
-        params = fit_parameters(fam, train, table.time_ms[fold != k])
+        measured = table.time_ms[fold != k]
+        params = fit_parameters(fam, train, measured)
         base[fold == k] = fam.predict_ms(test, params)
+        fitted, walked = fam.predict_ms(train, params), base[fold == k]
+        if trees is not None:
+            walk = residual_trees.from_section(residual_trees.fit(train, np.log(measured / fitted), trees))
+            fitted, walked = fitted * np.exp(walk.log_factor(train)), walked * np.exp(walk.log_factor(test))
         for out, settings in zip(corrected, settings_list):
-            corr = of_fit(settings, fam, params, train, table.time_ms[fold != k])
-            out[fold == k] = base[fold == k] * np.exp(corr.log_factor(test, fam.classify(test)))
+            corr = build(settings, train, measured, fitted, fam.classify(train))
+            out[fold == k] = walked * np.exp(corr.log_factor(test, fam.classify(test)))
     return base, corrected
 
 

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 DENSE_SEED = 20261127  # the plan's random rows use seeds 0 and 2, the held-out sets 20261125-6
 HELDOUT_SEEDS = (20261125, 20261126)  # validate_gpu.HELDOUT_SEED, validate_gpu.FRESH_SEED
-STEPS = (0, 300, 600, 1200, 2400)
+STEPS = (0, 600, 1200, 2400, 4800, 9600, 15000)
 
 
 def dense_rows(count):
@@ -56,6 +56,36 @@ def cmd_measure(args):
     print(f"dense rows ({args.dtype}): {len(rows)} in {time.monotonic() - t0:.0f} s", flush=True)
 
 
+def boosted_trees(arrays, time_ms):
+    """A flexible learner with no form, for reference: 800 gradient-boosted trees of up to 31
+    leaves of ln(time) on the residual trees' features (trees.features); predict(arrays) -> ms.
+    Its settings were set before any held-out layer was predicted, not tuned."""
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from torch_alpha_profiler.trees import features
+
+    model = HistGradientBoostingRegressor(max_iter=800, learning_rate=0.05, max_leaf_nodes=31,
+                                          min_samples_leaf=5, loss="absolute_error", early_stopping=False,
+                                          random_state=0)
+    model.fit(features(arrays), np.log(time_ms))
+    return lambda a: np.exp(model.predict(features(a)))
+
+
+def stacked(fam, params, arrays, time_ms, correction, tree_settings):
+    """The shipped model refitted: the formula at ``params``, residual trees of ``tree_settings``
+    on its log residual (trees.py), the neighbour correction on what they left; predict(arrays) -> ms."""
+    import numpy as np
+
+    from torch_alpha_profiler import trees
+    from torch_alpha_profiler.correction import build
+
+    base = fam.predict_ms(arrays, params)
+    walk = trees.from_section(trees.fit(arrays, np.log(time_ms / base), tree_settings))
+    corr = build(correction, arrays, time_ms, base * np.exp(walk.log_factor(arrays)), fam.classify(arrays))
+    return lambda a: fam.predict_ms(a, params) * np.exp(walk.log_factor(a) + corr.log_factor(a, fam.classify(a)))
+
+
 def _mape(pred, meas):
     import numpy as np
 
@@ -72,14 +102,18 @@ def cmd_report(args):
     from torch_alpha_profiler.layers import concat, take
     from torch_alpha_profiler.profile import load_profile
     from torch_alpha_profiler.tables import read_layer_table
+    from torch_alpha_profiler.trees import SETTINGS
 
     fam = get_family("axes")
     lines = ["# Learning curve over denser random calibration layers", "",
              "Made by `python benchmarks/dense_random_rows.py report` from `dense-DTYPE.csv` (this folder) and "
-             "the committed calibration and held-out tables. Each row refits the axes family (5-fold CV "
-             "settings of the shipped profile, its neighbour correction included) on the calibration plus "
-             "the first n dense random layers, and predicts the two held-out sets of random layers and the "
-             "models' layers, none of which any fit sees.", ""]
+             "the committed calibration and held-out tables. Each row refits a model on the calibration plus "
+             "the first n dense random layers and predicts the two held-out sets of random layers and the "
+             "models' layers, none of which any fit sees: the axes formula with the neighbour correction "
+             "(the shipped form until session 9), boosted trees alone (a flexible learner with no formula, "
+             "for reference), and the shipped form since session 9: the axes formula, residual trees "
+             "(`torch_alpha_profiler/trees.py`, its settings) and the neighbour correction (the shipped "
+             "profile's settings). The shipped profiles are fitted on all 15,000 (last rows).", ""]
     for dtype, profile_name in zip(args.dtypes, args.profiles):
         settings = load_profile(profile_name, warn_device=False).correction
         calib = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
@@ -90,9 +124,9 @@ def cmd_report(args):
                  "models' layers": read_layer_table(os.path.join(args.data, f"model-layer-times-{dtype}.csv"))}
         unbiased = np.array([b in ("", "0") for b in tests["models' layers"].columns["bias"]])
         lines += [f"## {dtype} ({len(dense)} dense layers measured)", "",
-                  "| dense layers added | random layers in the fit | " + " | ".join(
+                  "| dense layers added | random layers in the fit | model | " + " | ".join(
                       f"{name} MAPE % (Spearman)" for name in tests) + " | dense layers not in the fit, MAPE % |",
-                  "|---:|---:|" + "---:|" * (len(tests) + 1)]
+                  "|---:|---:|---|" + "---:|" * (len(tests) + 1)]
         n_random = int(sum(s == "random" for s in calib.columns["sweep"]))
         for n in [s for s in STEPS if s <= len(dense)] + ([len(dense)] if len(dense) not in STEPS else []):
             t0 = time.monotonic()
@@ -100,25 +134,67 @@ def cmd_report(args):
             times = np.concatenate([calib.time_ms, dense.time_ms[:n]])
             params = fit_parameters(fam, arrays, times)
             corr = of_fit(settings, fam, params, arrays, times)
-
-            def predict(a):
-                return fam.predict_ms(a, params) * np.exp(corr.log_factor(a, fam.classify(a)))
-
-            cells = []
-            for name, table in tests.items():
-                pred, meas = predict(table.arrays), table.time_ms
-                if name == "models' layers":  # timed with their biases, which the layer fit does not cost
-                    pred, meas = pred[unbiased], meas[unbiased]
-                cells.append(f"{_mape(pred, meas):.1f} ({spearmanr(pred, meas)[0]:.3f})")
-            rest = np.arange(n, len(dense))
-            left = _mape(predict(take(dense.arrays, rest)), dense.time_ms[rest]) if len(rest) else float("nan")
-            lines.append(f"| {n} | {n_random + n} | " + " | ".join(cells) + f" | {left:.1f} |")
-            print(lines[-1], f"({time.monotonic() - t0:.0f} s)", flush=True)
+            learners = {"axes formula x neighbours (no trees)": lambda a: fam.predict_ms(a, params) * np.exp(
+                            corr.log_factor(a, fam.classify(a))),
+                        "boosted trees alone (800, no formula)": boosted_trees(arrays, times),
+                        "axes formula x residual trees x neighbours (shipped form)": stacked(
+                            fam, params, arrays, times, settings, SETTINGS)}
+            for label, predict in learners.items():
+                cells = []
+                for name, table in tests.items():
+                    pred, meas = predict(table.arrays), table.time_ms
+                    if name == "models' layers":  # timed with their biases, which the layer fit does not cost
+                        pred, meas = pred[unbiased], meas[unbiased]
+                    cells.append(f"{_mape(pred, meas):.1f} ({spearmanr(pred, meas)[0]:.3f})")
+                rest = np.arange(n, len(dense))
+                left = _mape(predict(take(dense.arrays, rest)), dense.time_ms[rest]) if len(rest) else float("nan")
+                lines.append(f"| {n} | {n_random + n} | {label} | " + " | ".join(cells) + f" | {left:.1f} |")
+                print(lines[-1], f"({time.monotonic() - t0:.0f} s)", flush=True)
         lines += ["", "The models' layers column keeps the layers timed without a bias "
                   f"({int(unbiased.sum())} of {len(unbiased)}): the layer fit does not cost bias additions.", ""]
+        lines += settings_section(fam, settings, calib, dense)
     with open(args.out_md, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+# the residual trees' settings compared (trees, learning rate, depth); the shipped one is trees.SETTINGS
+CANDIDATES = ((50, 0.3, 4), (100, 0.2, 4), (50, 0.3, 6), (100, 0.2, 6), (200, 0.1, 6), (300, 0.1, 8))
+CHOICE_FIT = 12000  # dense layers in the fits that choose; the rest choose
+
+
+def settings_section(fam, correction, calib, dense):
+    """Choosing the residual trees' settings: fits on the calibration and the first CHOICE_FIT
+    dense layers predict the other dense layers (calibration data: no held-out layer is read)."""
+    import numpy as np
+
+    from torch_alpha_profiler import trees
+    from torch_alpha_profiler.fit import fit_parameters
+    from torch_alpha_profiler.layers import concat, take
+
+    fit_rows, rest = np.arange(CHOICE_FIT), np.arange(CHOICE_FIT, len(dense))
+    arrays = concat([calib.arrays, take(dense.arrays, fit_rows)])
+    times = np.concatenate([calib.time_ms, dense.time_ms[fit_rows]])
+    params = fit_parameters(fam, arrays, times)
+    choose, chosen_ms = take(dense.arrays, rest), dense.time_ms[rest]
+    lines = [f"### Choosing the residual trees' settings ({len(rest)} dense layers predicted by fits on the "
+             f"calibration and the first {CHOICE_FIT})", "",
+             "Walk time: the numpy walk of `trees.ResidualTrees.log_factor` over the predicted layers, all "
+             "distinct, per million layers on this machine.", "",
+             "| trees | learning rate | depth | trees alone MAPE % | trees x neighbours MAPE % | walk s per 1M layers |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for n, rate, depth in CANDIDATES:
+        settings = dict(trees.SETTINGS, trees=n, learning_rate=rate, max_depth=depth)
+        predict = stacked(fam, params, arrays, times, correction, settings)
+        walk = trees.from_section(trees.fit(arrays, np.log(times / fam.predict_ms(arrays, params)), settings))
+        t0 = time.perf_counter()
+        alone = fam.predict_ms(choose, params) * np.exp(walk.log_factor(choose))
+        per_million = (time.perf_counter() - t0) / len(rest) * 1e6
+        mark = " (shipped)" if settings == trees.SETTINGS else ""
+        lines.append(f"| {n}{mark} | {rate} | {depth} | {_mape(alone, chosen_ms):.1f} | "
+                     f"{_mape(predict(choose), chosen_ms):.1f} | {per_million:.1f} |")
+        print(lines[-1], flush=True)
+    return lines + [""]
 
 
 def main(argv=None):

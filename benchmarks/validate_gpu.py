@@ -184,8 +184,8 @@ def cmd_measure(args):
 
 # --------------------------------------------------------------------- report
 FAMILY_LABELS = {"flops": "FLOPs x constant + overhead", "paper": "paper alpha (2 classes, refitted)",
-                 "formula": "axes formula alone (no neighbour correction)",
-                 "axes": "axes (calibrated family, shipped: formula x neighbour correction)"}
+                 "formula": "axes formula alone (no residual trees, no neighbour correction)",
+                 "axes": "axes (calibrated family, shipped: formula x residual trees x neighbour correction)"}
 KEY_COLUMNS = ("kind", "N", "Cin", "Cout", "H", "W", "K1", "K2", "stride", "groups", "padding",
                "dilation", "bias")
 
@@ -312,12 +312,13 @@ def cmd_report(args):
                      f"{np.percentile(spread, 90):.1f}% (90th percentile).")
         shipped = load_profile(profile_name, warn_device=False)
         fits = {"flops": _fit(calib, "flops"), "paper": _fit(calib, "paper"),
-                "formula": dataclasses.replace(shipped, correction=None), "axes": shipped}
+                "formula": dataclasses.replace(shipped, correction=None, trees=None), "axes": shipped}
         lines += [f"## {dtype} (profile `{profile_name}`)", "",
                   "### Choosing the form: 5-fold cross-validation on the calibration plan", "",
                   f"{len(calib)} calibration layers; each is predicted by a fit that did not see it.", "",
                   "| family | MAPE % | median APE % | p90 APE % | Spearman |", "|---|---:|---:|---:|---:|"]
-        formula_cv, (shipped_cv,) = cross_validate_corrected(calib, [shipped.correction])
+        formula_cv, (shipped_cv,) = cross_validate_corrected(
+            calib, [shipped.correction], trees=shipped.trees["settings"] if shipped.trees else None)
         for fam in ("flops", "paper", "formula", "axes"):
             pred = {"formula": formula_cv, "axes": shipped_cv}.get(fam)
             st = _stats(cross_validate(calib, fam) if pred is None else pred, calib.time_ms)
@@ -925,7 +926,7 @@ def cmd_fresh(args):
              "(formula x neighbour correction).", ""]
     for dtype, name in zip(args.dtypes, args.profiles):
         shipped = load_profile(name, warn_device=False)
-        formula = dataclasses.replace(shipped, correction=None)
+        formula = dataclasses.replace(shipped, correction=None, trees=None)
         held = read_layer_table(os.path.join(args.data, f"heldout-{dtype}.csv"))
         lines += [f"## {dtype} (profile `{name}`)", "",
                   "| set | prediction | n | MAPE % | median APE % | p90 APE % | Spearman |",

@@ -11,19 +11,32 @@ from torch_alpha_profiler.layers import make_arrays
 DATA = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "data")
 
 
-@pytest.mark.parametrize("name,csv", [("h100-fp32", "calib-float32.csv"), ("h100-bf16", "calib-bfloat16.csv")])
-def test_shipped_profile_is_reproduced_by_fit(name, csv):
+@pytest.mark.parametrize("name,dtype", [("h100-fp32", "float32"), ("h100-bf16", "bfloat16")])
+def test_shipped_profile_is_reproduced_by_fit(name, dtype):
+    """`alpha-profiler fit calib-DTYPE.csv dense-random/dense-DTYPE.csv --family axes` gives the
+    shipped formula, residual trees and fit data."""
+    pytest.importorskip("sklearn")
     from torch_alpha_profiler.fit import fit_profile
-    from torch_alpha_profiler.tables import read_layer_table
+    from torch_alpha_profiler.tables import concat_tables, fit_data_table, read_layer_table
+    from torch_alpha_profiler.trees import from_section
 
     shipped = load_profile(name, warn_device=False)
     assert shipped.family == "axes"
     assert shipped.device_name == "NVIDIA H100 80GB HBM3"
-    refit = fit_profile(read_layer_table(os.path.join(DATA, csv)), family="axes", keep_data=False)
+    assert shipped.provenance["more_sources"] == [f"benchmarks/data/dense-random/dense-{dtype}.csv"]
+    table = concat_tables([read_layer_table(os.path.join(DATA, f"calib-{dtype}.csv")),
+                           read_layer_table(os.path.join(DATA, "dense-random", f"dense-{dtype}.csv"))])
+    refit = fit_profile(table, family="axes", keep_data=False, trees=True)
     for cls, params in shipped.parameters["classes"].items():
         for key, value in params.items():
             assert refit.parameters["classes"][cls][key] == pytest.approx(value, rel=1e-6), (cls, key)
     assert refit.provenance["fit"]["mape_pct"] == pytest.approx(shipped.provenance["fit"]["mape_pct"], rel=1e-6)
+    # the trees: the same factors (a scikit-learn version may order equal splits otherwise)
+    assert len(refit.trees["trees"]) == len(shipped.trees["trees"])
+    got, want = (from_section(p.trees).log_factor(table.arrays) for p in (refit, shipped))
+    assert np.abs(got - want).max() < 1e-6
+    # the correction's points are the same rows
+    assert fit_data_table(shipped).time_ms.tolist() == table.time_ms.tolist()
 
 
 def _assert_close(a, b, path=""):

@@ -254,11 +254,15 @@ def cmd_fit(args) -> int:
     import math
 
     from .fit import fit_profile
-    from .tables import read_layer_table, with_default_dtype
+    from .tables import concat_tables, read_layer_table, with_default_dtype
 
-    table = read_layer_table(args.table)
+    tables = [read_layer_table(path) for path in args.table]
+    try:
+        table = concat_tables(tables)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     provenance = {}
-    env_path = args.table + ".env.json"
+    env_path = args.table[0] + ".env.json"
     try:
         with open(env_path) as f:
             env = json.load(f)
@@ -274,13 +278,19 @@ def cmd_fit(args) -> int:
         provenance["device_name"] = args.device_name
     if args.dtype:
         provenance["dtype"] = args.dtype
-    provenance["source"] = args.table
+    provenance["source"] = args.table[0]
+    if len(args.table) > 1:
+        provenance["more_sources"] = list(args.table[1:])
     provenance.setdefault("dtype", "float32")
     table = with_default_dtype(table, provenance["dtype"])
     if table.time_ms is None or not any(math.isfinite(t) and t > 0 for t in table.time_ms):
-        raise CliError(f"{args.table}: no positive, finite 'time_ms' values to fit")
-    profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
-                          provenance=provenance, correction=not args.no_correction)
+        raise CliError(f"{table.source}: no positive, finite 'time_ms' values to fit")
+    try:
+        profile = fit_profile(table, family=args.family, name=args.name or _stem(args.out),
+                              provenance=provenance, correction=not args.no_correction,
+                              trees=args.family == "axes" and not args.no_trees)
+    except ImportError as e:
+        raise CliError(f"{e}; or pass --no-trees") from None
     if args.ops or args.host or args.channels_last or args.train or args.energy:
         from dataclasses import replace
 
@@ -330,6 +340,8 @@ def cmd_fit(args) -> int:
     fit = profile.provenance["fit"]
     corrected = (f"; with the neighbour correction (bandwidth {profile.correction['bandwidth']}) over them"
                  if profile.correction else "")
+    if profile.trees:
+        corrected = f"; with {len(profile.trees['trees'])} residual trees" + corrected
     sys.stderr.write(f"fitted {args.family} on {fit['n']} layers: MAPE {fit['mape_pct']:.1f}%, "
                      f"Spearman {fit['spearman']:.3f} (the formula alone){corrected}; wrote {args.out}\n")
     return 0
@@ -383,7 +395,7 @@ def cmd_predict(args) -> int:
     if args.no_correction:
         from dataclasses import replace
 
-        profile = replace(profile, correction=None)
+        profile = replace(profile, correction=None, trees=None)
     t0 = time.perf_counter()
     # rows without a dtype column are in the profile's dtype
     table = with_default_dtype(read_layer_table(args.csv), profile.dtype)
@@ -598,7 +610,9 @@ def create_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("fit", help="fit a profile to a measured layer table")
-    p.add_argument("table", help="layer-table CSV with a time_ms column")
+    p.add_argument("table", nargs="+",
+                   help="layer-table CSV with a time_ms column; several are fitted as one table (the first "
+                        "one's .env.json gives the provenance)")
     p.add_argument("--out", required=True, help="profile JSON to write")
     p.add_argument("--family", default="paper", choices=("paper", "axes", "flops"),
                    help="model family (default: paper; axes is the calibrated one)")
@@ -616,6 +630,8 @@ def create_parser() -> argparse.ArgumentParser:
                         "needs --ops)")
     p.add_argument("--no-correction", action="store_true",
                    help="leave out the axes family's neighbour correction (the formula alone)")
+    p.add_argument("--no-trees", action="store_true",
+                   help="leave out the axes family's residual trees (fitting them needs scikit-learn)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=cmd_fit)
 
@@ -624,8 +640,8 @@ def create_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, help="layer-table CSV")
     p.add_argument("--out", help="output CSV (default: stdout)")
     p.add_argument("--no-correction", action="store_true",
-                   help="the formula alone, without the profile's neighbour correction (much faster "
-                        "on large tables)")
+                   help="the formula alone, without the profile's residual trees and neighbour correction "
+                        "(much faster on large tables)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("profiles", help="list built-in profiles and their provenance")

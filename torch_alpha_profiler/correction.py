@@ -199,7 +199,20 @@ def _key(profile) -> Optional[tuple]:
     if name is None:
         return None
     return (name, json.dumps(profile.parameters, sort_keys=True, default=float),
-            json.dumps(profile.correction, sort_keys=True, default=float))
+            json.dumps(profile.correction, sort_keys=True, default=float),
+            json.dumps(profile.trees, sort_keys=True, default=float))
+
+
+def trees_of_profile(profile):
+    """The walkable residual trees of ``profile`` (trees.py; None where it has none), kept on it."""
+    if profile.trees is None:
+        return None
+    cached = profile.derived.get("trees")
+    if cached is None:
+        from .trees import from_section
+
+        cached = profile.derived["trees"] = from_section(profile.trees)
+    return cached
 
 
 def from_profile(profile) -> Optional[NeighbourCorrection]:
@@ -227,8 +240,12 @@ def from_profile(profile) -> Optional[NeighbourCorrection]:
         if not ok.any():
             raise ProfileError(f"profile {profile.name!r}: field 'fit_data' has no measured NCHW layer "
                                "for the correction")
-        cached = of_fit(settings, get_family(profile.family), profile.parameters, take(table.arrays, ok),
-                        table.time_ms[ok])
+        family, points = get_family(profile.family), take(table.arrays, ok)
+        predicted = family.predict_ms(points, profile.parameters)
+        trees = trees_of_profile(profile)
+        if trees is not None:  # the correction's residuals are what the trees left
+            predicted = predicted * np.exp(trees.log_factor(points))
+        cached = build(settings, points, table.time_ms[ok], predicted, family.classify(points))
         if key is not None:
             _BUILT[key] = cached
             while len(_BUILT) > _KEEP:

@@ -41,7 +41,7 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
     family = get_family(profile.family)
     macs = arrays.macs
     alpha, ms = family.alpha_and_ms(arrays, profile.parameters)
-    ms = ms * correction_factor(arrays, profile)
+    ms = ms * correction_factor(arrays, profile)  # residual trees and neighbour correction
     nhwc = profile.channels_last
     if nhwc is not None and arrays.channels_last.any():
         # channels-last inputs: the same family, with the parameters fitted on NHWC layers
@@ -58,21 +58,28 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
 
 
 def correction_factor(arrays: LayerArrays, profile: DeviceProfile) -> np.ndarray:
-    """The neighbour correction (correction.py) of each layer's predicted time: 1 where the
-    profile has none, and for channels-last inputs costed by the profile's channels-last
+    """The residual trees' factor (trees.py) times the neighbour correction (correction.py) of
+    each layer's predicted time: 1 where the profile has neither, and for channels-last inputs costed by the profile's channels-last
     parameters (the correction's points are NCHW layers and their residuals under the NCHW ones)."""
     from .correction import from_profile
 
-    correction = from_profile(profile)
+    from .correction import trees_of_profile
+
+    correction, trees = from_profile(profile), trees_of_profile(profile)
     factor = np.ones(len(arrays))
-    if correction is None:
+    if correction is None and trees is None:
         return factor
     # only the rows the NCHW parameters cost: weighing the others' shapes would be thrown away
     use, rows = slice(None), arrays
     if profile.channels_last is not None:
         use = np.flatnonzero(~arrays.channels_last)
         rows = take(arrays, use)
-    factor[use] = np.exp(correction.log_factor(rows, get_family(profile.family).classify(rows)))
+    log = np.zeros(len(rows))
+    if trees is not None:
+        log += trees.log_factor(rows)
+    if correction is not None:
+        log += correction.log_factor(rows, get_family(profile.family).classify(rows))
+    factor[use] = np.exp(log)
     return factor
 
 

@@ -203,7 +203,8 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
                 provenance: Optional[Mapping[str, object]] = None,
                 fixed: Optional[Mapping[str, float]] = None,
                 keep_data: bool = True, start: Optional[Mapping[str, object]] = None,
-                correction: Union[bool, Mapping[str, object]] = True) -> DeviceProfile:
+                correction: Union[bool, Mapping[str, object]] = True,
+                trees: Union[bool, Mapping[str, object]] = False) -> DeviceProfile:
     """Fit ``family`` to a measured layer table and return a profile.
 
     The profile's provenance gets the fit residuals, the number of
@@ -211,6 +212,8 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
     columns are stored in the profile too, so the fit can be redone. ``correction``: the
     neighbour correction's settings (correction.py), True for the family's default (the axes
     family has one), False for none; it needs ``keep_data``, whose rows are its points.
+    ``trees``: fit residual trees (trees.py; needs scikit-learn) with their default settings
+    (True) or the settings given; False for none.
     """
     if table.time_ms is None:
         raise ValueError(f"{table.source}: no 'time_ms' column to fit")
@@ -248,5 +251,13 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
             raise ValueError("a neighbour correction needs keep_data: its points are the fitted rows")
         check_correction(correction, "fit_profile")
         settings = copy.deepcopy(dict(correction))
+    tree_section = None
+    if trees is not False:
+        from .trees import SETTINGS, fit as fit_trees
+
+        nchw = ~arrays.channels_last
+        tree_section = fit_trees(take(arrays, nchw), np.log(time_ms[nchw] / pred[nchw]),
+                                 SETTINGS if trees is True else trees)
     return DeviceProfile(name=name, family=family, parameters=params, provenance=prov,
-                         fit_data=fit_data, schema_version=SCHEMA_VERSION, correction=settings)
+                         fit_data=fit_data, schema_version=SCHEMA_VERSION, correction=settings,
+                         trees=tree_section)

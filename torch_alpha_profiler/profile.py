@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # version 2 adds the optional 'ops', 'host', 'channels_last', 'power' and 'train' sections,
-# version 3 the optional 'correction' (correction.py)
-READABLE_VERSIONS = (1, 2, 3)
+# version 3 the optional 'correction' (correction.py), version 4 the optional 'trees' (trees.py)
+READABLE_VERSIONS = (1, 2, 3, 4)
 REQUIRED_PROVENANCE = ("device_name", "dtype", "date", "source")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -50,6 +50,8 @@ class DeviceProfile:
     train: Optional[Mapping[str, Any]] = None
     # the neighbour correction's settings (correction.py); its points are ``fit_data``
     correction: Optional[Mapping[str, Any]] = None
+    # the residual trees (trees.py): boosted trees of the formula's log residual, fitted on fit_data
+    trees: Optional[Mapping[str, Any]] = None
     # what is computed from the profile once and kept (correction.from_profile)
     derived: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -89,12 +91,14 @@ class DeviceProfile:
             doc["train"] = _plain(self.train)
         if self.correction is not None:
             doc["correction"] = _plain(self.correction)
+        if self.trees is not None:
+            doc["trees"] = _plain(self.trees)
         if self.fit_data is not None:
             doc["fit_data"] = _plain(self.fit_data)
         return doc
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
+        return _dumps(self.to_dict(), "") + "\n"
 
     def save(self, path: str, overwrite: bool = False) -> None:
         """Write the profile as JSON; refuses to replace an existing file unless ``overwrite``."""
@@ -102,6 +106,18 @@ class DeviceProfile:
             raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.to_json())
+
+
+def _dumps(obj, pad: str) -> str:
+    """JSON with one key or list item a line, indented by one space a level, except that a
+    list of scalars (a fit_data row, a tree's column) is written on one line."""
+    inner = pad + " "
+    if isinstance(obj, Mapping) and obj:
+        return "{\n" + ",\n".join(f"{inner}{json.dumps(str(k))}: {_dumps(v, inner)}"
+                                   for k, v in obj.items()) + "\n" + pad + "}"
+    if isinstance(obj, list) and obj and any(isinstance(v, (Mapping, list)) for v in obj):
+        return "[\n" + ",\n".join(inner + _dumps(v, inner) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj, separators=(", ", ": "))
 
 
 def _plain(obj):
@@ -180,10 +196,17 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
     correction = doc.get("correction")
     if correction is not None:
         _check_correction(correction, fit_data, version, where)
+    trees = doc.get("trees")
+    if trees is not None:
+        from .trees import check as check_trees
+
+        if version < 4:
+            raise ProfileError(f"{where}: field 'trees' needs schema_version 4")
+        check_trees(trees, where)
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
         provenance=prov, fit_data=fit_data, schema_version=version, ops=ops, host=host,
-        channels_last=nhwc, power=power, train=train, correction=correction,
+        channels_last=nhwc, power=power, train=train, correction=correction, trees=trees,
     )
 
 

@@ -443,6 +443,21 @@ def parse_layer_table(text: str, source: str = "<table>") -> LayerTable:
     return _parse(text, text.encode("utf-8"), source)
 
 
+def concat_tables(tables: Sequence[LayerTable]) -> LayerTable:
+    """One table of the rows of ``tables``, in order; they must have the same columns."""
+    first = tables[0]
+    for t in tables[1:]:
+        if t.header != first.header:
+            raise LayerTableError(f"{t.source}: its columns ({','.join(t.header)}) are not those of "
+                                  f"{first.source} ({','.join(first.header)})", source=t.source)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(first.header)
+    for t in tables:
+        writer.writerows(zip(*(t.columns[h] for h in t.header)))
+    return parse_layer_table(buf.getvalue(), " + ".join(t.source for t in tables))
+
+
 def fit_data_table(profile) -> LayerTable:
     """The layer table a profile was fitted on, from its ``fit_data`` (rows without a ``dtype``
     column take the profile's)."""

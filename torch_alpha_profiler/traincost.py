@@ -27,10 +27,11 @@ def training_view(profile):
     if not train:
         return None
     power = (profile.power or {}).get("train")
-    # the neighbour correction is the forward's (its points are forward times): none for steps
+    # the residual trees and the neighbour correction are the forward's (fitted on forward
+    # times): none for steps
     return replace(profile, parameters=train["parameters"], ops=train.get("ops"),
                    channels_last=train.get("channels_last"), power={"forward": power} if power else None,
-                   correction=None)
+                   correction=None, trees=None)
 
 
 def needs_input_grad(records: Sequence[LayerRecord]) -> List[bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from typing import Optional
 
 
@@ -239,11 +240,18 @@ def replace_provenance(profile, **fields):
 
 
 def _fit_layers(raw: str, family: str, name: str, provenance: dict):
-    """The profile fitted on the layer CSV ``raw`` (run in a second process by calibrate)."""
+    """The profile fitted on the layer CSV ``raw`` (run in a second process by calibrate), with
+    the axes family's residual trees where scikit-learn is installed (the ``fit`` extra)."""
+    import importlib.util
+
     from ..fit import fit_profile
     from ..tables import read_layer_table
 
-    return fit_profile(read_layer_table(raw), family=family, name=name, provenance=provenance)
+    trees = family == "axes" and importlib.util.find_spec("sklearn") is not None
+    if family == "axes" and not trees:
+        warnings.warn("scikit-learn is not installed: the profile has no residual trees "
+                      "(pip install 'torch_alpha_profiler[fit]', then alpha-profiler fit the raw CSV)")
+    return fit_profile(read_layer_table(raw), family=family, name=name, provenance=provenance, trees=trees)
 
 
 def _fit_pool():

@@ -1,0 +1,155 @@
+"""trees: the residual trees' fit, their numpy walk, profile section, validation and use."""
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")  # the test extra installs it; fitting trees needs it
+
+from torch_alpha_profiler import trees  # noqa: E402
+from torch_alpha_profiler.cost import evaluate  # noqa: E402
+from torch_alpha_profiler.fit import fit_profile  # noqa: E402
+from torch_alpha_profiler.profile import ProfileError, load_profile, profile_from_dict  # noqa: E402
+from torch_alpha_profiler.tables import parse_layer_table  # noqa: E402
+
+
+def _rows(seed=0, count=300):
+    """Layers whose times step up over a band of image sizes (a kernel switch) where the formula is smooth."""
+    rows = ["kind,N,Cin,Cout,H,W,K1,K2,time_ms"]
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        n, c, h = int(rng.integers(1, 33)), int(rng.integers(8, 300)), int(rng.integers(4, 40))
+        k = int(rng.choice((1, 3)))
+        t = 0.003 + 2e-9 * n * c * c * h * h * k * k
+        if 12 <= h < 24:  # a slower kernel over a band of sizes
+            t *= 2.5
+        rows.append(f"Conv2d,{n},{c},{c},{h},{h},{k},{k},{t}")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    table = parse_layer_table("\n".join(_rows()), "steps.csv")
+    return table, fit_profile(table, family="axes", provenance={"device_name": "Test GPU"}, trees=True)
+
+
+def test_the_numpy_walk_equals_scikit_learns_prediction(fitted):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    table, profile = fitted
+    s = trees.SETTINGS
+    formula = dataclasses.replace(profile, correction=None, trees=None)
+    target = np.log(table.time_ms / evaluate(table.arrays, formula).predicted_ms)
+    model = HistGradientBoostingRegressor(max_iter=s["trees"], learning_rate=s["learning_rate"],
+                                          max_depth=s["max_depth"], max_leaf_nodes=None,
+                                          min_samples_leaf=s["min_samples_leaf"], loss="absolute_error",
+                                          early_stopping=False, random_state=0).fit(trees.features(table.arrays), target)
+    other = parse_layer_table("\n".join(_rows(seed=1, count=50)), "other.csv").arrays
+    walked = trees.from_section(profile.trees).log_factor(other)
+    assert np.allclose(walked, model.predict(trees.features(other)), rtol=0, atol=1e-12)
+    assert len(profile.trees["trees"]) == s["trees"]
+
+
+def test_trees_lower_the_error_and_leave_alpha_alone(fitted):
+    table, profile = fitted
+    formula = dataclasses.replace(profile, correction=None, trees=None)
+    with_trees = dataclasses.replace(profile, correction=None)
+    ape = lambda p: np.mean(np.abs(p.predicted_ms - table.time_ms) / table.time_ms)  # noqa: E731
+    assert ape(evaluate(table.arrays, with_trees)) < 0.5 * ape(evaluate(table.arrays, formula))
+    assert np.array_equal(evaluate(table.arrays, profile).alpha, evaluate(table.arrays, formula).alpha)
+    # unseen layers of the same kind: the step is learned, not memorized
+    other = parse_layer_table("\n".join(_rows(seed=2, count=200)), "other.csv")
+    oth = lambda p: np.mean(np.abs(p.predicted_ms - other.time_ms) / other.time_ms)  # noqa: E731
+    assert oth(evaluate(other.arrays, with_trees)) < 0.7 * oth(evaluate(other.arrays, formula))
+    assert fit_profile(table, family="axes").trees is None  # not unless asked for
+
+
+def test_the_correction_corrects_what_the_trees_left(fitted):
+    from torch_alpha_profiler.correction import from_profile
+    from torch_alpha_profiler.families import get_family
+
+    table, profile = fitted
+    corr = from_profile(profile)
+    walked = np.exp(trees.from_section(profile.trees).log_factor(table.arrays))
+    formula = dataclasses.replace(profile, correction=None, trees=None)
+    left = np.log(table.time_ms / (evaluate(table.arrays, formula).predicted_ms * walked))
+    classes = get_family("axes").classify(table.arrays)
+    for c, residuals in corr.residuals.items():  # the correction's points carry what the trees left
+        assert np.allclose(np.sort(residuals), np.sort(left[classes == c]), rtol=0, atol=1e-12)
+
+
+def test_trees_survive_save_and_load_and_need_schema_4(fitted, tmp_path):
+    table, profile = fitted
+    path = str(tmp_path / "p.json")
+    profile.save(path)
+    text = open(path).read()
+    assert '"left": [' in text and profile.schema_version == 4  # a tree's column on one line
+    again = load_profile(path, warn_device=False)
+    assert again.trees == json.loads(profile.to_json())["trees"]
+    assert np.array_equal(evaluate(table.arrays, again).predicted_ms, evaluate(table.arrays, profile).predicted_ms)
+    doc = json.loads(text)
+    doc["schema_version"] = 3
+    with pytest.raises(ProfileError, match="'trees' needs schema_version 4"):
+        profile_from_dict(doc)
+
+
+def _bad_child(d):
+    d["trees"]["trees"][0]["left"][0] = 0  # a node that points to itself: no tree
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["trees"].__setitem__("method", "forest"), "trees.method"),
+    (lambda d: d["trees"]["features"].pop(), "trees.features"),
+    (lambda d: d["trees"].__setitem__("baseline", "x"), "trees.baseline"),
+    (lambda d: d["trees"].__setitem__("trees", []), "trees.trees' must be a non-empty list"),
+    (lambda d: d["trees"]["trees"][0]["value"].pop(), r"trees.trees\[0\].value"),
+    (lambda d: d["trees"]["trees"][0].__setitem__("threshold", ["a"] * 3), r"trees.trees\[0\].threshold"),
+    (_bad_child, r"trees.trees\[0\]' has a malformed node \(0\)"),
+    (lambda d: d["trees"]["trees"][0]["feature"].__setitem__(0, 99), r"malformed node \(0\)"),
+])
+def test_a_bad_trees_section_is_named(fitted, change, message):
+    doc = json.loads(fitted[1].to_json())
+    change(doc)
+    with pytest.raises(ProfileError, match=message):
+        profile_from_dict(copy.deepcopy(doc))
+
+
+def test_a_large_table_is_walked_in_chunks_as_one(fitted, monkeypatch):
+    walk = trees.from_section(fitted[1].trees)
+    arrays = parse_layer_table("\n".join(_rows(seed=3, count=400)), "big.csv").arrays
+    whole = walk.log_factor(arrays)
+    monkeypatch.setattr(trees, "WALK_ELEMENTS", 7 * len(walk.roots))  # 7 layers a chunk
+    assert np.array_equal(walk.log_factor(arrays), whole)
+
+
+def test_an_empty_layer_gets_no_factor(fitted):
+    from torch_alpha_profiler.layers import make_arrays
+
+    two = np.ones(2, dtype=np.int64)
+    arrays = make_arrays(is_linear=[False, False], N=np.array([0, 1]), Cin=16 * two, Cout=16 * two, Hin=8 * two,
+                         Win=8 * two, Hout=8 * two, Wout=8 * two, K1=3 * two, K2=3 * two, stride=two, groups=two,
+                         itemsize=4 * two)
+    got = trees.from_section(fitted[1].trees).log_factor(arrays)
+    assert got[0] == 0.0 and got[1] != 0.0
+
+
+def test_cli_fit_takes_several_tables_and_can_leave_the_trees_out(tmp_path, capsys):
+    from torch_alpha_profiler.cli import main
+
+    rows = _rows(count=120)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("\n".join(rows[:80]) + "\n")
+    b.write_text("\n".join([rows[0]] + rows[80:]) + "\n")
+    assert main(["fit", str(a), str(b), "--family", "axes", "--out", str(tmp_path / "p.json")]) == 0
+    assert "100 residual trees" in capsys.readouterr().err
+    p = load_profile(str(tmp_path / "p.json"), warn_device=False)
+    assert p.provenance["n_measurements"] == 120 and p.provenance["more_sources"] == [str(b)]
+    assert p.trees is not None and len(p.fit_data["rows"]) == 120
+    assert main(["fit", str(a), "--family", "axes", "--no-trees", "--out", str(tmp_path / "q.json")]) == 0
+    assert load_profile(str(tmp_path / "q.json"), warn_device=False).trees is None
+    c = tmp_path / "c.csv"
+    c.write_text("kind,N,Cin,Cout,H,W,K1,K2,stride,time_ms\nConv2d,1,8,8,8,8,3,3,1,0.01\n")
+    assert main(["fit", str(a), str(c), "--family", "axes", "--out", str(tmp_path / "r.json")]) == 2
+    assert "are not those of" in capsys.readouterr().err

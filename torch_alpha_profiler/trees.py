@@ -1,0 +1,208 @@
+"""Residual trees: boosted regression trees over what the formula misses, far from calibrated layers.
+
+cuDNN and cuBLAS pick a kernel shape by shape, so a layer's time steps up and down across shapes
+where the axes family is smooth (docs/model.md). The neighbour correction (correction.py) carries
+such steps from calibrated layers to layers close to them; far from every calibrated layer it is
+1. The residual trees learn the steps' pattern over the whole calibration: gradient-boosted
+regression trees (scikit-learn's HistGradientBoostingRegressor, absolute error) of the formula's
+log residual ln(measured / formula) on the layer's shape (FEATURES). A layer's time is then
+
+    formula x exp(trees) x neighbour correction (on the residuals left after the trees)
+
+The formula alone still gives alpha (families.py); the trees and the correction change only the
+predicted milliseconds. Fitting needs scikit-learn (the ``fit`` extra); predicting does not: the
+profile stores every tree's nodes, and :class:`ResidualTrees` walks them with numpy. The settings
+(SETTINGS: few, shallow trees, so that a table of a million distinct layers is predicted in
+seconds) were chosen on dense random layers that no fit saw (benchmarks/dense_random_rows.py,
+docs/forms.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from .layers import LayerArrays
+
+METHOD = "boosted_trees"
+# chosen on held-out dense random calibration layers (benchmarks/dense_random_rows.py)
+SETTINGS = {"trees": 100, "learning_rate": 0.2, "max_depth": 6, "min_samples_leaf": 5}
+TILES = (32, 64, 128, 256)
+# (layers x trees) nodes walked at a time: bounds the walk's memory on a large table
+WALK_ELEMENTS = 2_000_000
+# the trees' inputs, as (name, description)
+FEATURES = (("class", "the axes family's class index (linear, conv1x1, convkxk, grouped, depthwise)"),
+            ("log_N", "ln batch (rows for Linear)"),
+            ("log_HW", "ln output positions of one image"),
+            ("log_S", "ln output positions N x H_out x W_out"),
+            ("log_cin", "ln input channels per group"),
+            ("log_cout", "ln output channels per group"),
+            ("log_groups", "ln groups"),
+            ("K1", "kernel height"),
+            ("stride", "stride"),
+            ("align_cin", "largest of 1, 2, 4, 8, 16 bytes dividing a group's input-channel row"),
+            ("align_cout", "the same for a group's output-channel row"),
+            ("log_macs", "ln (MACs + 1)"),
+            ("log_bytes", "ln bytes of input, output and weights"),
+            ("log_cin_taps", "ln input channels per group x kernel taps (a GEMM's reduction length)")) + tuple(
+    (name.format(t=t), text.format(t=t)) for t in TILES for name, text in (
+        ("log_tiles{t}", "ln tiles of {t} x {t} over S x Cout per group, times groups"),
+        ("fill_S{t}", "(S mod {t}) / {t}: the last tile's fill along S"),
+        ("fill_cout{t}", "(Cout per group mod {t}) / {t}: the last tile's fill along Cout")))
+FEATURE_NAMES = tuple(name for name, _ in FEATURES)
+
+
+def features(arrays: LayerArrays) -> np.ndarray:
+    """The (n, len(FEATURES)) inputs of the trees."""
+    from .families import get_family
+
+    cin, cout = arrays.Cin // arrays.groups, arrays.Cout // arrays.groups
+    with np.errstate(divide="ignore"):  # a zero-sized axis: -inf (its time is 0 anyway)
+        cols = [get_family("axes").classify(arrays), np.log(arrays.N), np.log(arrays.Hout * arrays.Wout),
+                np.log(arrays.S), np.log(cin), np.log(cout), np.log(arrays.groups), arrays.K1, arrays.stride,
+                np.gcd(cin * arrays.itemsize, 16), np.gcd(cout * arrays.itemsize, 16), np.log(arrays.macs + 1),
+                np.log(arrays.nbytes), np.log(cin * arrays.K)]
+        for t in TILES:
+            cols += [np.log(np.ceil(arrays.S / t) * np.ceil(cout / t) * arrays.groups),
+                     (arrays.S % t) / t, (cout % t) / t]
+    return np.column_stack(cols).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class ResidualTrees:
+    """Every tree's nodes, flattened: node i tests ``x[feature[i]] <= threshold[i]`` and goes to
+    ``left[i]`` or ``right[i]``; a leaf points to itself (threshold +inf) and holds ``value``."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    depth: int
+    baseline: float
+
+    def log_factor(self, arrays: LayerArrays) -> np.ndarray:
+        """ln of the trees' factor of every layer (0 for an empty one)."""
+        from .correction import distinct_rows
+
+        out = np.zeros(len(arrays))
+        x = features(arrays)
+        sized = np.flatnonzero(np.isfinite(x).all(axis=1))
+        if len(sized) == 0:
+            return out
+        # many layers of a model or table share a shape: walk each distinct one once
+        keys = np.column_stack([arrays.N, arrays.Hin, arrays.Win, arrays.Hout, arrays.Wout, arrays.Cin, arrays.Cout,
+                                arrays.groups, arrays.K1, arrays.K2, arrays.stride, arrays.itemsize, arrays.is_linear])
+        first, inverse = distinct_rows(keys[sized].astype(np.int64))
+        x = x[sized[first]]
+        total = np.full(len(x), self.baseline)
+        chunk = max(1, WALK_ELEMENTS // len(self.roots))
+        for lo in range(0, len(x), chunk):
+            xs = x[lo:lo + chunk]
+            node = np.broadcast_to(self.roots, (len(xs), len(self.roots))).copy()
+            rows = np.arange(len(xs))[:, None]
+            for _ in range(self.depth):
+                node = np.where(xs[rows, self.feature[node]] <= self.threshold[node], self.left[node], self.right[node])
+            total[lo:lo + chunk] += self.value[node].sum(axis=1)
+        out[sized] = total[inverse.reshape(-1)]
+        return out
+
+
+def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Mapping = SETTINGS) -> dict:
+    """The ``trees`` section of a profile: boosted trees of ``log_residual`` on :func:`features`."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+    except ImportError:
+        raise ImportError("fitting the residual trees needs scikit-learn: "
+                          "pip install 'torch_alpha_profiler[fit]' (or fit without them)") from None
+    model = HistGradientBoostingRegressor(
+        max_iter=int(settings["trees"]), learning_rate=float(settings["learning_rate"]),
+        max_depth=int(settings["max_depth"]), max_leaf_nodes=None,
+        min_samples_leaf=int(settings["min_samples_leaf"]), loss="absolute_error", early_stopping=False,
+        random_state=0)
+    model.fit(features(arrays), np.asarray(log_residual, dtype=np.float64))
+    trees = []
+    for (predictor,) in model._predictors:  # one predictor per iteration for a regression
+        n = predictor.nodes
+        leaf = n["is_leaf"].astype(bool)
+        trees.append({"feature": np.where(leaf, -1, n["feature_idx"].astype(np.int64)).tolist(),
+                      "threshold": np.where(leaf, 0.0, n["num_threshold"]).astype(float).tolist(),
+                      "left": np.where(leaf, -1, n["left"].astype(np.int64)).tolist(),
+                      "right": np.where(leaf, -1, n["right"].astype(np.int64)).tolist(),
+                      "value": np.where(leaf, n["value"], 0.0).astype(float).tolist()})
+    return {"method": METHOD, "settings": dict(settings), "features": list(FEATURE_NAMES),
+            "baseline": float(np.ravel(model._baseline_prediction)[0]), "trees": trees}
+
+
+def check(section, where: str) -> None:
+    """Validate a ``trees`` section (ProfileError naming the field)."""
+    from .profile import ProfileError
+
+    def bad(field, what):
+        return ProfileError(f"{where}: field 'trees{field}' {what}")
+
+    if not isinstance(section, Mapping):
+        raise bad("", "must be an object")
+    if section.get("method") != METHOD:
+        raise bad(".method", f"is {section.get('method')!r}; expected {METHOD!r}")
+    if list(section.get("features", [])) != list(FEATURE_NAMES):
+        raise bad(".features", f"must be {list(FEATURE_NAMES)} (this version's inputs)")
+    base = section.get("baseline")
+    if not isinstance(base, (int, float)) or isinstance(base, bool) or not np.isfinite(base):
+        raise bad(".baseline", f"must be a finite number, got {base!r}")
+    trees = section.get("trees")
+    if not isinstance(trees, list) or not trees:
+        raise bad(".trees", "must be a non-empty list")
+    for t, tree in enumerate(trees):
+        if not isinstance(tree, Mapping):
+            raise bad(f".trees[{t}]", "must be an object")
+        cols = {}
+        for key in ("feature", "threshold", "left", "right", "value"):
+            col = tree.get(key)
+            if not isinstance(col, list) or not col:
+                raise bad(f".trees[{t}].{key}", "must be a non-empty list")
+            try:
+                cols[key] = np.asarray(col, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise bad(f".trees[{t}].{key}", "must hold numbers") from None
+            if cols[key].shape != (len(tree["feature"]),) or not np.isfinite(cols[key]).all():
+                raise bad(f".trees[{t}].{key}", "must hold one finite number a node, as many as 'feature'")
+        n = len(cols["feature"])
+        inner = cols["feature"] >= 0
+        ok = ((cols["feature"] == np.round(cols["feature"])) & (cols["feature"] < len(FEATURE_NAMES))
+              & (cols["feature"] >= -1))
+        for key in ("left", "right"):
+            c = cols[key]
+            # children come after their parent: a walk always ends
+            ok &= np.where(inner, (c == np.round(c)) & (c > np.arange(n)) & (c < n), c == -1)
+        if not ok.all():
+            raise bad(f".trees[{t}]", f"has a malformed node ({int(np.flatnonzero(~ok)[0])}): a feature index "
+                      "or children that do not form a tree")
+
+
+def from_section(section: Mapping) -> ResidualTrees:
+    """The walkable trees of a checked ``trees`` section."""
+    feature, threshold, left, right, value, roots = [], [], [], [], [], []
+    offset, depth = 0, 1
+    for tree in section["trees"]:
+        f = np.asarray(tree["feature"], dtype=np.int64)
+        n = len(f)
+        idx = np.arange(n) + offset
+        leaf = f < 0
+        feature.append(np.where(leaf, 0, f))
+        threshold.append(np.where(leaf, np.inf, np.asarray(tree["threshold"], dtype=np.float64)))
+        left.append(np.where(leaf, idx, np.asarray(tree["left"], dtype=np.int64) + offset))
+        right.append(np.where(leaf, idx, np.asarray(tree["right"], dtype=np.int64) + offset))
+        value.append(np.where(leaf, np.asarray(tree["value"], dtype=np.float64), 0.0))
+        roots.append(offset)
+        # a node's depth: one more than its parent's (children come after parents)
+        d = np.zeros(n, dtype=np.int64)
+        for i in np.flatnonzero(~leaf):
+            d[tree["left"][i]] = d[tree["right"][i]] = d[i] + 1
+        depth = max(depth, int(d.max()))
+        offset += n
+    return ResidualTrees(feature=np.concatenate(feature), threshold=np.concatenate(threshold),
+                         left=np.concatenate(left), right=np.concatenate(right), value=np.concatenate(value),
+                         roots=np.asarray(roots, dtype=np.int64), depth=depth, baseline=float(section["baseline"]))
