@@ -127,7 +127,10 @@ def main(argv=None):
              "(H100, plan v5). 5-fold cross-validation: each layer is predicted by a fit that did not "
              "see it. An effect stays in the shipped form when switching it off raises the CV MAPE by at least 0.5 points in at least one dtype. "
              "The first table varies the formula (each row without the neighbour correction); the second adds "
-             "the neighbour correction to the shipped formula.", ""]
+             "the neighbour correction to the shipped formula. Both are on the plan alone, without residual "
+             "trees: the shipped profiles fit formula, trees and correction on the plan and 15,000 more random "
+             "layers a dtype, and the trees' settings are chosen in "
+             "`benchmarks/data/dense-random/learning-curve.md` (docs/model.md).", ""]
     for dtype in args.dtypes:
         table = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
         lines += [f"## {dtype} ({len(table)} layers)", "",

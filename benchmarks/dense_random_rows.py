@@ -7,7 +7,7 @@ random layers than the plan has.
     python benchmarks/dense_random_rows.py report --data benchmarks/data --dense benchmarks/data/dense-random
 
 `measure` times ``count`` random Conv2d/Linear layers drawn as the plan's random rows are
-(`plan.random_rows`, seed DENSE_SEED), none of them in the calibration plan or in either held-out
+(`plan.dense_rows`, seed `plan.DENSE_SEED`), none of them in the calibration plan or in either held-out
 set. `report` refits the shipped form (the axes family and its neighbour correction, the
 profile's settings) on the calibration plus the first n of them, for growing n, and prints the
 error on the held-out layers (accuracy.md) and on the fresh ones (accuracy-fresh.md), which the
@@ -22,25 +22,18 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-DENSE_SEED = 20261127  # the plan's random rows use seeds 0 and 2, the held-out sets 20261125-6
 HELDOUT_SEEDS = (20261125, 20261126)  # validate_gpu.HELDOUT_SEED, validate_gpu.FRESH_SEED
 STEPS = (0, 600, 1200, 2400, 4800, 9600, 15000)
 
 
 def dense_rows(count):
-    """The first ``count`` dense rows: random layers outside the plan and the held-out draws."""
-    from torch_alpha_profiler.calibrate.plan import config_key, make_plan, random_rows
+    """The first ``count`` dense rows: `plan.dense_rows`, also outside the held-out draws."""
+    from torch_alpha_profiler.calibrate.plan import config_key, dense_rows as draw, make_plan, random_rows
 
     taken = {config_key(r) for r in make_plan()}
     for seed in HELDOUT_SEEDS:  # as many as validate_gpu draws for a set of 300, and more
         taken |= {config_key(r) for r in random_rows(1000, seed, sweep="heldout")}
-    rows, seen = [], set()
-    for r in random_rows(2 * count + 100, DENSE_SEED, sweep="dense"):
-        k = config_key(r)
-        if k not in taken and k not in seen:
-            seen.add(k)
-            rows.append(r)
-    return rows[:count]
+    return draw(count, exclude=taken)
 
 
 def cmd_measure(args):

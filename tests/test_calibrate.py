@@ -337,6 +337,20 @@ def test_calibrate_from_python_saves_raw_then_profile_and_refuses_to_overwrite(t
     assert (tmp_path / "new" / "dir" / "p.json").exists()
 
 
+def test_calibrate_dense_times_more_random_layers_after_the_plan(tmp_path):
+    from torch_alpha_profiler.calibrate import calibrate
+    from torch_alpha_profiler.calibrate.plan import dense_rows
+
+    prefix = str(tmp_path / "dense")
+    profile = calibrate(prefix, device="cpu", family="paper", scale=0, ops=False, dense=3)
+    rows = read_csv(prefix + ".csv")
+    plan = make_plan(scale=0)
+    assert [r["sweep"] for r in rows] == [r["sweep"] for r in plan] + ["dense"] * 3
+    assert profile.provenance["n_measurements"] == len(plan) + 3  # fitted with the plan
+    keys = [config_key(r) for r in dense_rows(50, exclude={config_key(r) for r in make_plan()})]
+    assert len(set(keys)) == 50 and not set(keys) & {config_key(r) for r in make_plan()}
+
+
 def test_patchify_rows_have_kernel_equal_to_stride_and_no_padding():
     rows = patchify_rows()
     assert rows and all(r["K1"] == r["K2"] == r["stride"] and r["padding"] == "0" for r in rows)

@@ -246,7 +246,7 @@ def test_dense_and_sparse_distance_paths_agree_and_profiles_share_one_build(monk
     assert from_profile(dataclasses.replace(p, parameters=changed)) is not from_profile(p)
 
 
-def test_cli_predict_applies_the_correction_unless_asked_not_to(tmp_path, capsys):
+def test_cli_predict_applies_the_correction_and_trees_unless_asked_not_to(tmp_path, capsys):
     from torch_alpha_profiler.cli import main
 
     held = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "data", "heldout-float32.csv")
@@ -261,7 +261,7 @@ def test_cli_predict_applies_the_correction_unless_asked_not_to(tmp_path, capsys
     arrays = read_layer_table(held).arrays
     assert outs[()] == pytest.approx(evaluate(arrays, p).predicted_ms.tolist(), rel=1e-5)
     assert outs[("--no-correction",)] == pytest.approx(
-        evaluate(arrays, dataclasses.replace(p, correction=None)).predicted_ms.tolist(), rel=1e-5)
+        evaluate(arrays, dataclasses.replace(p, correction=None, trees=None)).predicted_ms.tolist(), rel=1e-5)
     assert outs[()] != pytest.approx(outs[("--no-correction",)], rel=1e-3)
 
 

@@ -174,9 +174,10 @@ def test_evaluate_uses_channels_last_parameters_for_channels_last_rows_only():
     np.testing.assert_array_equal(evaluate(nchw_only, nhwc).predicted_ms, base.predicted_ms)
     changed = got.predicted_ms != base.predicted_ms
     assert changed.tolist() == [False, True, True, True, False]
-    # the channels-last rows cost what the NHWC parameter set says (with no neighbour correction:
-    # its points are NCHW layers)
-    as_nhwc = dataclasses.replace(plain, parameters=nhwc.channels_last["parameters"], correction=None)
+    # the channels-last rows cost what the NHWC parameter set says (with no residual trees and no
+    # neighbour correction: they are fitted on NCHW layers)
+    as_nhwc = dataclasses.replace(plain, parameters=nhwc.channels_last["parameters"], correction=None,
+                                  trees=None)
     np.testing.assert_allclose(got.predicted_ms[changed], evaluate(arrays, as_nhwc).predicted_ms[changed],
                                rtol=1e-12)
     np.testing.assert_allclose(got.alpha[changed], evaluate(arrays, as_nhwc).alpha[changed], rtol=1e-12)

@@ -78,7 +78,7 @@ def _set(path, value):
 # (mutation, every substring the error must contain)
 INVALID = {
     "missing schema_version": (_del("schema_version"), ["'schema_version'", "None"]),
-    "wrong schema_version": (_set("schema_version", 4), ["'schema_version'", "4"]),
+    "wrong schema_version": (_set("schema_version", 5), ["'schema_version'", "5"]),
     "missing name": (_del("name"), ["'name'"]),
     "unknown family": (_set("family", "quadratic"), ["'family'", "'quadratic'", "paper"]),
     "missing parameters": (_del("parameters"), ["'parameters'"]),

@@ -506,7 +506,7 @@ def cmd_calibrate(args) -> int:
         profile = calibrate(args.out, device=args.device, dtype=args.dtype, family=args.family,
                             scale=args.scale, seed=args.seed, resume=not args.restart, overwrite=args.force,
                             name=args.name, progress=None if args.quiet else _Bar(f"calibrating {args.dtype}"),
-                            ops=not args.no_ops, energy=args.energy, train=args.train)
+                            ops=not args.no_ops, energy=args.energy, train=args.train, dense=args.dense)
     except (RuntimeError, ValueError) as e:  # e.g. no energy counter, too few rows to fit
         import os
 
@@ -666,6 +666,9 @@ def create_parser() -> argparse.ArgumentParser:
                         "and fit the profile's training-step classes")
     p.add_argument("--no-ops", action="store_true",
                    help="time Conv2d/Linear layers only (no op classes, no eager host costs)")
+    p.add_argument("--dense", type=int, default=0, metavar="N",
+                   help="also time N random layers beyond the plan, for the residual trees (the h100 profiles "
+                        "have 15000: about 3 minutes on an H100; fitting the trees needs scikit-learn)")
     p.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -18,7 +18,7 @@ from typing import Optional
 def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", family: str = "axes",
               scale: int = 1, seed: int = 0, resume: bool = True, overwrite: bool = False,
               name: Optional[str] = None, timer=None, progress=None, ops: bool = True,
-              energy: bool = False, train: bool = False):
+              energy: bool = False, train: bool = False, dense: int = 0):
     """Time the calibration plans on ``device`` and fit ``family``; returns the saved profile.
 
     Everything is measured first, each raw time written as it is taken (an
@@ -26,7 +26,9 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     other stages are measured (the profile is the same as fitting afterwards, and as
     `alpha-profiler fit` gives, less the channels-last CV score, which only `fit` computes):
 
-    * ``PREFIX.csv``: the Conv2d/Linear plan (provenance in ``.csv.env.json``);
+    * ``PREFIX.csv``: the Conv2d/Linear plan (provenance in ``.csv.env.json``), then ``dense``
+      more random layers (plan.dense_rows), which the layer fit (formula, residual trees,
+      neighbour correction) uses and the other stages do not sample (12 ms a layer on an H100);
     * with ``ops``: ``PREFIX-ops.csv``, the other operations (opplan.py);
       ``PREFIX-host.csv``, the CPU's cost of eager calls; ``PREFIX-nhwc.csv``,
       a twentieth of the Conv2d rows again with channels-last (NHWC) inputs, and depthwise ones
@@ -48,7 +50,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     import torch
 
     from .measure import measure_plan
-    from .plan import make_plan
+    from .plan import config_key, dense_rows, make_plan
 
     if (train or energy) and not ops:
         raise ValueError("training and energy calibration need the op plan (ops=True): their op rows "
@@ -73,7 +75,9 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
                                                "-energy.csv"))))
     meter, idle_w = _power_meter(device) if energy else (None, None)
     plan = make_plan(scale=scale, seed=seed)
-    measure_plan(plan, paths["raw"], device=device, dtype=dtype, timer=timer, resume=resume, progress=progress)
+    extra = dense_rows(dense, exclude={config_key(r) for r in plan}) if dense > 0 else []
+    measure_plan(plan + extra, paths["raw"], device=device, dtype=dtype, timer=timer, resume=resume,
+                 progress=progress)
     lap("layers")
     env = _layer_env(paths["raw"], idle_w)
     profile_name = name or os.path.basename(out_prefix)

@@ -235,6 +235,24 @@ def random_rows(count: int, seed: int, sweep: str = "random") -> List[Dict[str, 
     return out
 
 
+# seed of the dense random layers (the plan's random rows use seeds 0 and 2, validation 20261125-6)
+DENSE_SEED = 20261127
+
+
+def dense_rows(count: int, exclude=(), seed: int = DENSE_SEED) -> List[Dict[str, str]]:
+    """``count`` random layers drawn as the plan's random rows are (sweep 'dense'), none of them
+    a configuration of ``exclude`` (config keys) or repeated: what `calibrate --dense` times after
+    the plan. The residual trees (trees.py) learn cuDNN's and cuBLAS's kernel steps from them; the
+    shipped h100 profiles have 15,000 (benchmarks/data/dense-random/)."""
+    taken, rows = set(exclude), []
+    for r in random_rows(2 * count + 100, seed, sweep="dense"):
+        key = config_key(r)
+        if key not in taken:
+            taken.add(key)
+            rows.append(r)
+    return rows[:count]
+
+
 def make_plan(scale: int = 1, random_count: Optional[int] = None, seed: int = 0) -> List[Dict[str, str]]:
     """The calibration plan: axis sweeps plus random configurations, deduplicated.
 
