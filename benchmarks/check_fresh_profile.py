@@ -1,4 +1,5 @@
-"""A freshly calibrated profile loads, carries its neighbour correction and costs a model on the GPU.
+"""A freshly calibrated profile loads, carries its neighbour correction (and residual trees, where
+scikit-learn was installed) and costs a model on the GPU.
 
     python benchmarks/check_fresh_profile.py PREFIX.json      # on the GPU machine, after calibrate
 """
@@ -14,7 +15,8 @@ from torch_alpha_profiler.correction import from_profile
 def main(path: str) -> None:
     p = load_profile(path)
     points = sum(len(r) for r in from_profile(p).residuals.values())
-    print("loaded", p.name, "schema", p.schema_version, "correction", p.correction["bandwidth"], "points", points)
+    print("loaded", p.name, "schema", p.schema_version, "correction", p.correction["bandwidth"], "points", points,
+          "residual trees", len(p.trees["trees"]) if p.trees else None)
     print("calibration_seconds", p.provenance.get("calibration_seconds"))
     model = torchvision.models.resnet50().cuda().eval()
     x = torch.randn(1, 3, 224, 224, device="cuda")
