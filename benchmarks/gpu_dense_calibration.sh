@@ -12,5 +12,5 @@ python3 -c "import sklearn; print('scikit-learn', sklearn.__version__)" || echo 
 DENSE=15000 LIMIT_S=${LIMIT_S:-480} bash benchmarks/fresh_calibration.sh float32 "$out"
 tmp=$(mktemp -d)
 tar -xzf "$out/fresh-float32.tar.gz" -C "$tmp"
-python3 benchmarks/check_fresh_profile.py "$tmp/fresh-float32.json"
+PYTHONPATH=. python3 benchmarks/check_fresh_profile.py "$tmp/fresh-float32.json"
 } 2>&1 | tee "$out/check.log"

@@ -824,7 +824,9 @@ WHERE_IT_MISSES = """
   and it falls with every doubling of the random layers (`benchmarks/data/dense-random/learning-curve.md`:
   25.7 / 22.6% with 2,400, 19.8 / 17.2% with 9,600, 17.7 / 16.9% with 15,000). The remaining gap
   to 15% looks like more data than that: timing 15,000 random layers takes 150-174 s on an H100,
-  beyond the 120 s of a default calibration (`calibrate --dense N` adds them).
+  beyond the 120 s of a default calibration (`calibrate --dense N` adds them: a fresh fp32
+  calibration with `--dense 15000` took 316 s and predicts the held-out layers within 18.6%,
+  `benchmarks/data/fresh-run25/`).
 - **The models' layers timed alone** moved less: 13.5 to 14.7% (fp32), 16.8 to 16.4% (bf16). Their
   shapes sit near the plan's sweeps and realistic rows, where the neighbour correction (session 7)
   already carried the calibration's steps; the formula, refitted on mostly random layers, moved

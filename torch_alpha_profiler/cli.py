@@ -668,7 +668,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help="time Conv2d/Linear layers only (no op classes, no eager host costs)")
     p.add_argument("--dense", type=int, default=0, metavar="N",
                    help="also time N random layers beyond the plan, for the residual trees (the h100 profiles "
-                        "have 15000: about 3 minutes on an H100; fitting the trees needs scikit-learn)")
+                        "have 15000: about 3.5 minutes more on an H100; fitting the trees needs scikit-learn)")
     p.set_defaults(func=cmd_calibrate)
     return parser
 
