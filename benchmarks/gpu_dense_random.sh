@@ -12,9 +12,7 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 pack() { tar -czf "$out/dense-random.tar.gz" -C "$top" .; }
 {
-python3 -c "import torch, torchvision; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'cudnn', torch.backends.cudnn.version())"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,memory.used --format=csv
-git log -1 --format='commit %h %s' 2>/dev/null || true
+bash benchmarks/_gpu_header.sh
 for dtype in float32 bfloat16; do
     timeout "${LIMIT_S:-240}" python3 benchmarks/dense_random_rows.py measure --dtype "$dtype" \
         --count "${COUNT:-3000}" --out "$top"

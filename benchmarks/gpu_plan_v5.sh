@@ -14,9 +14,7 @@ mkdir -p "$out" "$top/resumed" "$top/fresh"
 export PYTHONUNBUFFERED=1
 pack() { tar -czf "$out/plan-v5.tar.gz" -C "$top" .; }
 {
-python3 -c "import torch, torchvision; print(torch.cuda.get_device_name(), 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'cudnn', torch.backends.cudnn.version())"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu,memory.used --format=csv
-git log -1 --format='commit %h %s' 2>/dev/null || true
+bash benchmarks/_gpu_header.sh
 for dtype in float32 bfloat16; do
     cp "benchmarks/data/calib-$dtype.csv" "$top/resumed/"
     t0=$(date +%s)
