@@ -82,7 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-rev", help="also time this git revision's package on the largest table")
     ap.add_argument("--profile", default="t2000-paper",
-                    help="built-in profile to predict with (an H100 one adds the neighbour correction)")
+                    help="built-in profile to predict with (an H100 one adds the residual trees and the "
+                         "neighbour correction)")
     ap.add_argument("--csv", help="raw timings (default benchmarks/data/predict.csv, "
                                   "predict-PROFILE.csv for another profile than t2000-paper)")
     ap.add_argument("--doc")

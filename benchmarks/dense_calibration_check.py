@@ -7,8 +7,9 @@ Run 25 (`benchmarks/gpu_dense_calibration.sh`) calibrated fp32 from scratch on a
 than the committed calibration. This refits its layer table here as `calibrate` did (formula,
 residual trees, neighbour correction; `fit_profile(..., trees=True)`) and predicts the held-out
 layers (accuracy.md), the fresh held-out layers (accuracy-fresh.md) and the models' layers timed
-alone without a bias (as accuracy.md, the held-out layers with theirs: Linear rows have one), beside the shipped `h100-fp32`. `calibrate --dense` draws its random layers
-outside the plan only, so held-out layers that happen to be among them are left out of both
+alone without a bias (as in accuracy.md, the held-out layers with theirs: their Linear rows have
+one), beside the shipped `h100-fp32`. `calibrate --dense` draws its random layers outside the
+plan only, so held-out layers that happen to be among them are left out of both
 columns (their count is printed).
 """
 from __future__ import annotations
@@ -42,9 +43,11 @@ def main(argv=None):
     fresh = fit_profile(raw, family="axes", name="run25", trees=True)
     shipped = load_profile(args.profile, warn_device=False)
     seen = {config_key(dict(zip(raw.header, row))) for row in zip(*(raw.columns[h] for h in raw.header))}
-    print(f"refitted {args.raw}: {len(raw)} layers ({sum(s == 'dense' for s in raw.columns['sweep'])} dense), "
+    dense = sum(s == "dense" for s in raw.columns["sweep"])
+    print(f"refitted {os.path.relpath(args.raw, os.path.dirname(os.path.dirname(DATA)))}: {len(raw)} layers ({dense} dense), "
           f"{len(fresh.trees['trees'])} residual trees; shipped profile {args.profile}")
-    print("| set | layers | left out (in the run's table) | run 25 refit MAPE % (Spearman) | shipped MAPE % (Spearman) |")
+    print("| set | layers | left out (in the run's table) | run 25 refit MAPE % (Spearman) | "
+          "shipped MAPE % (Spearman) |")
     print("|---|---:|---:|---:|---:|")
     for label, path in (("held-out layers", f"heldout-{args.dtype}.csv"),
                         ("fresh held-out layers", os.path.join("fresh-validation", f"heldout-{args.dtype}.csv")),
@@ -52,7 +55,8 @@ def main(argv=None):
         table = read_layer_table(os.path.join(DATA, path))
         rows = [dict(zip(table.header, r)) for r in zip(*(table.columns[h] for h in table.header))]
         # the models' layers were timed with their biases, which the layer fit does not cost
-        biased = np.array([label.startswith("models") and r.get("bias", "0") not in ("", "0") for r in rows])
+        biased = np.array([label.startswith("models") and r.get("bias", "0") not in ("", "0")
+                           for r in rows])
         keep = np.array([config_key(r) not in seen for r in rows]) & ~biased
         cells = []
         for profile in (fresh, shipped):

@@ -8,10 +8,11 @@ random layers than the plan has.
 
 `measure` times ``count`` random Conv2d/Linear layers drawn as the plan's random rows are
 (`plan.dense_rows`, seed `plan.DENSE_SEED`), none of them in the calibration plan or in either held-out
-set. `report` refits the shipped form (the axes family and its neighbour correction, the
-profile's settings) on the calibration plus the first n of them, for growing n, and prints the
-error on the held-out layers (accuracy.md) and on the fresh ones (accuracy-fresh.md), which the
-fits never see. The held-out sets are only read: nothing is chosen on them.
+set. `report` refits three models on the calibration plus the first n of them, for growing n
+(the axes formula with the neighbour correction; boosted trees alone; the shipped form, below),
+and prints the error on the held-out layers (accuracy.md) and on the fresh ones
+(accuracy-fresh.md), which the fits never see. The held-out sets are only read: nothing is
+chosen on them.
 """
 from __future__ import annotations
 
@@ -174,7 +175,8 @@ def settings_section(fam, correction, calib, dense):
              f"calibration and the first {CHOICE_FIT})", "",
              "Walk time: the numpy walk of `trees.ResidualTrees.log_factor` over the predicted layers, all "
              "distinct, per million layers on this machine.", "",
-             "| trees | learning rate | depth | trees alone MAPE % | trees x neighbours MAPE % | walk s per 1M layers |",
+             "| trees | learning rate | depth | trees alone MAPE % | trees x neighbours MAPE % "
+             "| walk s per 1M layers |",
              "|---:|---:|---:|---:|---:|---:|"]
     for n, rate, depth in CANDIDATES:
         settings = dict(trees.SETTINGS, trees=n, learning_rate=rate, max_depth=depth)

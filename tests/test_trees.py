@@ -45,7 +45,8 @@ def test_the_numpy_walk_equals_scikit_learns_prediction(fitted):
     model = HistGradientBoostingRegressor(max_iter=s["trees"], learning_rate=s["learning_rate"],
                                           max_depth=s["max_depth"], max_leaf_nodes=None,
                                           min_samples_leaf=s["min_samples_leaf"], loss="absolute_error",
-                                          early_stopping=False, random_state=0).fit(trees.features(table.arrays), target)
+                                          early_stopping=False, random_state=0)
+    model.fit(trees.features(table.arrays), target)
     other = parse_layer_table("\n".join(_rows(seed=1, count=50)), "other.csv").arrays
     walked = trees.from_section(profile.trees).log_factor(other)
     assert np.allclose(walked, model.predict(trees.features(other)), rtol=0, atol=1e-12)
@@ -99,6 +100,13 @@ def _bad_child(d):
     d["trees"]["trees"][0]["left"][0] = 0  # a node that points to itself: no tree
 
 
+def _two_parents(d):
+    tree = d["trees"]["trees"][0]
+    inner = [i for i, f in enumerate(tree["feature"]) if f >= 0]
+    a, b = inner[-2], inner[-1]
+    tree["right"][b] = tree["right"][a] if tree["right"][a] > b else tree["left"][a]  # a shared child
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda d: d["trees"].__setitem__("method", "forest"), "trees.method"),
     (lambda d: d["trees"]["features"].pop(), "trees.features"),
@@ -108,12 +116,38 @@ def _bad_child(d):
     (lambda d: d["trees"]["trees"][0].__setitem__("threshold", ["a"] * 3), r"trees.trees\[0\].threshold"),
     (_bad_child, r"trees.trees\[0\]' has a malformed node \(0\)"),
     (lambda d: d["trees"]["trees"][0]["feature"].__setitem__(0, 99), r"malformed node \(0\)"),
+    (lambda d: d["trees"]["trees"][0]["left"].__setitem__(0, 1.0), r"trees.trees\[0\].left' must hold integers"),
+    (_two_parents, r"is not a tree: node \d+ is the child of [02] nodes"),
 ])
 def test_a_bad_trees_section_is_named(fitted, change, message):
     doc = json.loads(fitted[1].to_json())
     change(doc)
     with pytest.raises(ProfileError, match=message):
         profile_from_dict(copy.deepcopy(doc))
+
+
+def test_an_export_that_does_not_predict_as_scikit_learn_is_refused(fitted, monkeypatch):
+    table = fitted[0]
+    walk = trees.from_section
+
+    def shifted(section):  # as if scikit-learn's arrays had changed meaning
+        return dataclasses.replace(walk(section), baseline=walk(section).baseline + 0.1)
+
+    monkeypatch.setattr(trees, "from_section", shifted)
+    with pytest.raises(RuntimeError, match="do not predict as it does"):
+        trees.fit(table.arrays, np.zeros(len(table)) + np.arange(len(table)) % 3)
+
+
+def test_calibrate_without_scikit_learn_fits_no_trees_and_says_so(tmp_path, monkeypatch):
+    import importlib.util
+
+    from torch_alpha_profiler.calibrate import calibrate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else real(name, *a))
+    with pytest.warns(UserWarning, match="scikit-learn is not installed"):
+        profile = calibrate(str(tmp_path / "p"), device="cpu", family="axes", scale=0, ops=False)
+    assert profile.trees is None and profile.correction is not None
 
 
 def test_a_large_table_is_walked_in_chunks_as_one(fitted, monkeypatch):

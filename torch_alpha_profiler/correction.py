@@ -194,25 +194,14 @@ _KEEP = 8
 
 def _key(profile) -> Optional[tuple]:
     """What the correction of a built-in profile depends on (its fit_data is the package's): its
-    name, its formula's parameters and its settings; None for other profiles."""
+    name, its formula's parameters, its settings and its residual trees (the correction's
+    residuals are what they left); None for other profiles."""
     name = profile.derived.get("builtin")
     if name is None:
         return None
     return (name, json.dumps(profile.parameters, sort_keys=True, default=float),
             json.dumps(profile.correction, sort_keys=True, default=float),
             json.dumps(profile.trees, sort_keys=True, default=float))
-
-
-def trees_of_profile(profile):
-    """The walkable residual trees of ``profile`` (trees.py; None where it has none), kept on it."""
-    if profile.trees is None:
-        return None
-    cached = profile.derived.get("trees")
-    if cached is None:
-        from .trees import from_section
-
-        cached = profile.derived["trees"] = from_section(profile.trees)
-    return cached
 
 
 def from_profile(profile) -> Optional[NeighbourCorrection]:
@@ -231,6 +220,7 @@ def from_profile(profile) -> Optional[NeighbourCorrection]:
         from .layers import take
         from .profile import ProfileError
         from .tables import LayerTableError, fit_data_table
+        from .trees import of_profile
 
         try:
             table = fit_data_table(profile)
@@ -242,7 +232,7 @@ def from_profile(profile) -> Optional[NeighbourCorrection]:
                                "for the correction")
         family, points = get_family(profile.family), take(table.arrays, ok)
         predicted = family.predict_ms(points, profile.parameters)
-        trees = trees_of_profile(profile)
+        trees = of_profile(profile)
         if trees is not None:  # the correction's residuals are what the trees left
             predicted = predicted * np.exp(trees.log_factor(points))
         cached = build(settings, points, table.time_ms[ok], predicted, family.classify(points))

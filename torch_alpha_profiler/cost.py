@@ -59,13 +59,13 @@ def evaluate(arrays: LayerArrays, profile: DeviceProfile) -> CostArrays:
 
 def correction_factor(arrays: LayerArrays, profile: DeviceProfile) -> np.ndarray:
     """The residual trees' factor (trees.py) times the neighbour correction (correction.py) of
-    each layer's predicted time: 1 where the profile has neither, and for channels-last inputs costed by the profile's channels-last
-    parameters (the correction's points are NCHW layers and their residuals under the NCHW ones)."""
+    each layer's predicted time: 1 where the profile has neither, and for channels-last inputs
+    costed by the profile's channels-last parameters (both are fitted on NCHW layers and their
+    residuals under the NCHW parameters)."""
     from .correction import from_profile
+    from .trees import of_profile
 
-    from .correction import trees_of_profile
-
-    correction, trees = from_profile(profile), trees_of_profile(profile)
+    correction, trees = from_profile(profile), of_profile(profile)
     factor = np.ones(len(arrays))
     if correction is None and trees is None:
         return factor

@@ -213,7 +213,7 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
     neighbour correction's settings (correction.py), True for the family's default (the axes
     family has one), False for none; it needs ``keep_data``, whose rows are its points.
     ``trees``: fit residual trees (trees.py; needs scikit-learn) with their default settings
-    (True) or the settings given; False for none.
+    (True) or the settings given; False (or None) for none.
     """
     if table.time_ms is None:
         raise ValueError(f"{table.source}: no 'time_ms' column to fit")
@@ -252,12 +252,12 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
         check_correction(correction, "fit_profile")
         settings = copy.deepcopy(dict(correction))
     tree_section = None
-    if trees is not False:
-        from .trees import SETTINGS, fit as fit_trees
+    if trees:  # True: the default settings; a mapping: those
+        from .trees import fit as fit_trees
 
         nchw = ~arrays.channels_last
         tree_section = fit_trees(take(arrays, nchw), np.log(time_ms[nchw] / pred[nchw]),
-                                 SETTINGS if trees is True else trees)
+                                 None if trees is True else trees)
     return DeviceProfile(name=name, family=family, parameters=params, provenance=prov,
                          fit_data=fit_data, schema_version=SCHEMA_VERSION, correction=settings,
                          trees=tree_section)

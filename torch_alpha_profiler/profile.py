@@ -52,7 +52,7 @@ class DeviceProfile:
     correction: Optional[Mapping[str, Any]] = None
     # the residual trees (trees.py): boosted trees of the formula's log residual, fitted on fit_data
     trees: Optional[Mapping[str, Any]] = None
-    # what is computed from the profile once and kept (correction.from_profile)
+    # what is computed from the profile once and kept (correction.from_profile, trees.of_profile)
     derived: Dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property

@@ -14,12 +14,12 @@ predicted milliseconds. Fitting needs scikit-learn (the ``fit`` extra); predicti
 profile stores every tree's nodes, and :class:`ResidualTrees` walks them with numpy. The settings
 (SETTINGS: few, shallow trees, so that a table of a million distinct layers is predicted in
 seconds) were chosen on dense random layers that no fit saw (benchmarks/dense_random_rows.py,
-docs/forms.md).
+benchmarks/data/dense-random/learning-curve.md, docs/model.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -110,19 +110,22 @@ class ResidualTrees:
         return out
 
 
-def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Mapping = SETTINGS) -> dict:
-    """The ``trees`` section of a profile: boosted trees of ``log_residual`` on :func:`features`."""
+def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Optional[Mapping] = None) -> dict:
+    """The ``trees`` section of a profile: boosted trees of ``log_residual`` on :func:`features`,
+    with ``settings`` (default SETTINGS)."""
     try:
         from sklearn.ensemble import HistGradientBoostingRegressor
     except ImportError:
         raise ImportError("fitting the residual trees needs scikit-learn: "
                           "pip install 'torch_alpha_profiler[fit]' (or fit without them)") from None
+    settings = dict(SETTINGS if settings is None else settings)
     model = HistGradientBoostingRegressor(
         max_iter=int(settings["trees"]), learning_rate=float(settings["learning_rate"]),
         max_depth=int(settings["max_depth"]), max_leaf_nodes=None,
         min_samples_leaf=int(settings["min_samples_leaf"]), loss="absolute_error", early_stopping=False,
         random_state=0)
-    model.fit(features(arrays), np.asarray(log_residual, dtype=np.float64))
+    x = features(arrays)
+    model.fit(x, np.asarray(log_residual, dtype=np.float64))
     trees = []
     for (predictor,) in model._predictors:  # one predictor per iteration for a regression
         n = predictor.nodes
@@ -132,8 +135,27 @@ def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Mapping = SETTI
                       "left": np.where(leaf, -1, n["left"].astype(np.int64)).tolist(),
                       "right": np.where(leaf, -1, n["right"].astype(np.int64)).tolist(),
                       "value": np.where(leaf, n["value"], 0.0).astype(float).tolist()})
-    return {"method": METHOD, "settings": dict(settings), "features": list(FEATURE_NAMES),
-            "baseline": float(np.ravel(model._baseline_prediction)[0]), "trees": trees}
+    section = {"method": METHOD, "settings": settings, "features": list(FEATURE_NAMES),
+               "baseline": float(np.ravel(model._baseline_prediction)[0]), "trees": trees}
+    # the export reads scikit-learn's own tree arrays (private attributes): check that the walk
+    # gives what scikit-learn predicts on the fitted rows
+    gap = np.abs(from_section(section).log_factor(arrays) - model.predict(x))
+    if gap.size and gap.max() > 1e-9:
+        import sklearn
+
+        raise RuntimeError(f"the residual trees exported from scikit-learn {sklearn.__version__} do not predict "
+                           f"as it does (largest difference {gap.max():.3g}); fit without them (--no-trees)")
+    return section
+
+
+def of_profile(profile) -> Optional[ResidualTrees]:
+    """The walkable residual trees of ``profile`` (None where it has none), kept on it."""
+    if profile.trees is None:
+        return None
+    cached = profile.derived.get("trees")
+    if cached is None:
+        cached = profile.derived["trees"] = from_section(profile.trees)
+    return cached
 
 
 def check(section, where: str) -> None:
@@ -163,6 +185,8 @@ def check(section, where: str) -> None:
             col = tree.get(key)
             if not isinstance(col, list) or not col:
                 raise bad(f".trees[{t}].{key}", "must be a non-empty list")
+            if key in ("feature", "left", "right") and not all(type(v) is int for v in col):
+                raise bad(f".trees[{t}].{key}", "must hold integers (node and input indices)")
             try:
                 cols[key] = np.asarray(col, dtype=np.float64)
             except (TypeError, ValueError):
@@ -171,15 +195,21 @@ def check(section, where: str) -> None:
                 raise bad(f".trees[{t}].{key}", "must hold one finite number a node, as many as 'feature'")
         n = len(cols["feature"])
         inner = cols["feature"] >= 0
-        ok = ((cols["feature"] == np.round(cols["feature"])) & (cols["feature"] < len(FEATURE_NAMES))
-              & (cols["feature"] >= -1))
+        ok = (cols["feature"] < len(FEATURE_NAMES)) & (cols["feature"] >= -1)
         for key in ("left", "right"):
             c = cols[key]
             # children come after their parent: a walk always ends
-            ok &= np.where(inner, (c == np.round(c)) & (c > np.arange(n)) & (c < n), c == -1)
+            ok &= np.where(inner, (c > np.arange(n)) & (c < n), c == -1)
         if not ok.all():
             raise bad(f".trees[{t}]", f"has a malformed node ({int(np.flatnonzero(~ok)[0])}): a feature index "
                       "or children that do not form a tree")
+        # every node but the root is the child of exactly one node: one tree, no shared subtrees
+        children = np.concatenate([cols["left"][inner], cols["right"][inner]]).astype(np.int64)
+        parents = np.bincount(children, minlength=n)
+        once = np.r_[0, np.ones(n - 1, dtype=np.int64)]
+        if (parents != once).any():
+            node = int(np.flatnonzero(parents != once)[0])
+            raise bad(f".trees[{t}]", f"is not a tree: node {node} is the child of {int(parents[node])} nodes")
 
 
 def from_section(section: Mapping) -> ResidualTrees:
@@ -199,7 +229,7 @@ def from_section(section: Mapping) -> ResidualTrees:
         roots.append(offset)
         # a node's depth: one more than its parent's (children come after parents)
         d = np.zeros(n, dtype=np.int64)
-        for i in np.flatnonzero(~leaf):
+        for i in np.flatnonzero(~leaf):  # parents come first: a node's depth is set before its children's
             d[tree["left"][i]] = d[tree["right"][i]] = d[i] + 1
         depth = max(depth, int(d.max()))
         offset += n

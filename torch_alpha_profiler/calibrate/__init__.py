@@ -86,7 +86,9 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     # the CPU while the GPU measures them (on the GPU machine the fits took up to a minute of a
     # calibration: benchmarks/probe_fit_time.py, benchmarks/data/fresh-run16/)
     pool = _fit_pool() if ops else None
-    layer_fit = pool.submit(_fit_layers, paths["raw"], family, profile_name, env) if pool is not None else None
+    trees = _with_trees(family)
+    layer_fit = (pool.submit(_fit_layers, paths["raw"], family, profile_name, env, trees)
+                 if pool is not None else None)
     try:
         train_rows = []
         if ops:
@@ -100,7 +102,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
             measure_energy(energy_plan(plan, _op_plan(scale, seed), train_rows), paths["energy"], meter,
                            device=device, dtype=dtype, resume=resume, progress=progress)
             lap("energy")
-        profile = _layer_profile(layer_fit, paths["raw"], family, profile_name, env)
+        profile = _layer_profile(layer_fit, paths["raw"], family, profile_name, env, trees)
         if ops:
             profile = _fit_other_sections(profile, paths, family, env, train, meter is not None, idle_w)
     finally:
@@ -113,7 +115,7 @@ def calibrate(out_prefix: str, device: str = "cuda", dtype: str = "float32", fam
     return profile
 
 
-def _layer_profile(layer_fit, raw: str, family: str, name: str, env: dict):
+def _layer_profile(layer_fit, raw: str, family: str, name: str, env: dict, trees: bool):
     """The layer fit's profile: the worker's result, or fitted here when there is no worker or it
     could not run. A 'spawn' worker imports the caller's main module again, so a script that calls
     calibrate() outside ``if __name__ == "__main__":`` breaks it (Python's multiprocessing rule)."""
@@ -128,7 +130,7 @@ def _layer_profile(layer_fit, raw: str, family: str, name: str, env: dict):
             warnings.warn("the layer fit's worker process could not run (a script that calls calibrate() "
                           "should do so under 'if __name__ == \"__main__\":'); fitting here instead, after "
                           "the measurements", RuntimeWarning, stacklevel=3)
-    return _fit_layers(raw, family, name, env)
+    return _fit_layers(raw, family, name, env, trees)
 
 
 def _power_meter(device: str):
@@ -243,18 +245,26 @@ def replace_provenance(profile, **fields):
     return replace(profile, provenance=dict(profile.provenance, **fields))
 
 
-def _fit_layers(raw: str, family: str, name: str, provenance: dict):
-    """The profile fitted on the layer CSV ``raw`` (run in a second process by calibrate), with
-    the axes family's residual trees where scikit-learn is installed (the ``fit`` extra)."""
+def _with_trees(family: str) -> bool:
+    """Whether the layer fit has residual trees: for the axes family, where scikit-learn is
+    installed (the ``fit`` extra); a warning otherwise."""
     import importlib.util
 
+    if family != "axes":
+        return False
+    if importlib.util.find_spec("sklearn") is None:
+        warnings.warn("scikit-learn is not installed: the profile has no residual trees "
+                      "(pip install 'torch_alpha_profiler[fit]', then alpha-profiler fit the raw CSV)",
+                      stacklevel=3)
+        return False
+    return True
+
+
+def _fit_layers(raw: str, family: str, name: str, provenance: dict, trees: bool):
+    """The profile fitted on the layer CSV ``raw`` (run in a second process by calibrate)."""
     from ..fit import fit_profile
     from ..tables import read_layer_table
 
-    trees = family == "axes" and importlib.util.find_spec("sklearn") is not None
-    if family == "axes" and not trees:
-        warnings.warn("scikit-learn is not installed: the profile has no residual trees "
-                      "(pip install 'torch_alpha_profiler[fit]', then alpha-profiler fit the raw CSV)")
     return fit_profile(read_layer_table(raw), family=family, name=name, provenance=provenance, trees=trees)
 
 

@@ -250,6 +250,9 @@ def dense_rows(count: int, exclude=(), seed: int = DENSE_SEED) -> List[Dict[str,
         if key not in taken:
             taken.add(key)
             rows.append(r)
+    if len(rows) < count:
+        raise ValueError(f"only {len(rows)} distinct random layers outside the {len(set(exclude))} excluded "
+                         f"ones in a draw of {2 * count + 100}, fewer than the {count} asked for")
     return rows[:count]
 
 
