@@ -72,12 +72,12 @@ def features(arrays: LayerArrays) -> np.ndarray:
 @dataclass(frozen=True)
 class ResidualTrees:
     """Every tree's nodes, flattened: node i tests ``x[feature[i]] <= threshold[i]`` and goes to
-    ``left[i]`` or ``right[i]``; a leaf points to itself (threshold +inf) and holds ``value``."""
+    ``child[2 i + 1]`` if so, else ``child[2 i]``; a leaf points to itself (threshold +inf) and
+    holds ``value``."""
 
     feature: np.ndarray
     threshold: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
+    child: np.ndarray  # (right, left) of each node, interleaved
     value: np.ndarray
     roots: np.ndarray
     depth: int
@@ -101,11 +101,13 @@ class ResidualTrees:
         chunk = max(1, WALK_ELEMENTS // len(self.roots))
         for lo in range(0, len(x), chunk):
             xs = x[lo:lo + chunk]
+            flat = xs.ravel()
+            start = (np.arange(len(xs)) * xs.shape[1])[:, None]  # each layer's first input in flat
             node = np.broadcast_to(self.roots, (len(xs), len(self.roots))).copy()
-            rows = np.arange(len(xs))[:, None]
-            for _ in range(self.depth):
-                node = np.where(xs[rows, self.feature[node]] <= self.threshold[node], self.left[node], self.right[node])
-            total[lo:lo + chunk] += self.value[node].sum(axis=1)
+            for _ in range(self.depth):  # flat takes: several times faster than 2-d fancy indexing
+                go_left = flat.take(start + self.feature.take(node)) <= self.threshold.take(node)
+                node = self.child.take(2 * node + go_left)
+            total[lo:lo + chunk] += self.value.take(node).sum(axis=1)
         out[sized] = total[inverse.reshape(-1)]
         return out
 
@@ -233,6 +235,7 @@ def from_section(section: Mapping) -> ResidualTrees:
             d[tree["left"][i]] = d[tree["right"][i]] = d[i] + 1
         depth = max(depth, int(d.max()))
         offset += n
-    return ResidualTrees(feature=np.concatenate(feature), threshold=np.concatenate(threshold),
-                         left=np.concatenate(left), right=np.concatenate(right), value=np.concatenate(value),
+    child = np.column_stack([np.concatenate(right), np.concatenate(left)]).ravel()
+    return ResidualTrees(feature=np.concatenate(feature).astype(np.intp), threshold=np.concatenate(threshold),
+                         child=child.astype(np.intp), value=np.concatenate(value),
                          roots=np.asarray(roots, dtype=np.int64), depth=depth, baseline=float(section["baseline"]))
