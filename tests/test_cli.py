@@ -186,7 +186,7 @@ def test_profiles_lists_builtins(capsys):
     assert len(t2000) == 1 and "Quadro T2000" in t2000[0] and "2021-10-04" in t2000[0]
     # the H100 profiles carry the neighbour correction, the paper's constants none
     assert "correction" in out.splitlines()[0] and "neighbours" not in t2000[0]
-    assert all("neighbours" in line for line in out.splitlines() if line.startswith("h100-"))
+    assert all("trees + neighbours" in line for line in out.splitlines() if line.startswith("h100-"))
 
 
 def test_module_entry_point_in_a_subprocess():

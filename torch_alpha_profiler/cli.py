@@ -488,7 +488,8 @@ def cmd_profiles(args) -> int:
         mape = fit.get("mape_pct")
         rows.append([name, p.family, p.device_name, p.dtype, p.provenance.get("torch_version") or "",
                      p.provenance.get("n_measurements") or "", "" if mape is None else f"{mape:.1f}",
-                     "neighbours" if p.correction else "", str(p.provenance.get("date", ""))[:10]])
+                     " + ".join(part for part, on in (("trees", p.trees), ("neighbours", p.correction)) if on),
+                     str(p.provenance.get("date", ""))[:10]])
     _emit(tabulate(rows, headers=["profile", "family", "device", "dtype", "torch", "layers fitted",
                                   "formula's fit MAPE %", "correction", "date"]), None)
     return 0
