@@ -104,7 +104,7 @@ class ResidualTrees:
             flat = xs.ravel()
             start = (np.arange(len(xs)) * xs.shape[1])[:, None]  # each layer's first input in flat
             node = np.broadcast_to(self.roots, (len(xs), len(self.roots))).copy()
-            for _ in range(self.depth):  # flat takes: several times faster than 2-d fancy indexing
+            for _ in range(self.depth):  # flat takes: about twice as fast as 2-d fancy indexing
                 go_left = flat.take(start + self.feature.take(node)) <= self.threshold.take(node)
                 node = self.child.take(2 * node + go_left)
             total[lo:lo + chunk] += self.value.take(node).sum(axis=1)
