@@ -86,17 +86,18 @@ class ResidualTrees:
     def log_factor(self, arrays: LayerArrays) -> np.ndarray:
         """ln of the trees' factor of every layer (0 for an empty one)."""
         from .correction import distinct_rows
+        from .layers import take
 
-        out = np.zeros(len(arrays))
-        x = features(arrays)
-        sized = np.flatnonzero(np.isfinite(x).all(axis=1))
-        if len(sized) == 0:
-            return out
-        # many layers of a model or table share a shape: walk each distinct one once
+        if len(arrays) == 0:
+            return np.zeros(0)
+        # many layers of a model or table share a shape: compute the inputs of, and walk, each
+        # distinct one once (the inputs are functions of these columns)
         keys = np.column_stack([arrays.N, arrays.Hin, arrays.Win, arrays.Hout, arrays.Wout, arrays.Cin, arrays.Cout,
                                 arrays.groups, arrays.K1, arrays.K2, arrays.stride, arrays.itemsize, arrays.is_linear])
-        first, inverse = distinct_rows(keys[sized].astype(np.int64))
-        x = x[sized[first]]
+        first, inverse = distinct_rows(keys.astype(np.int64))
+        x = features(take(arrays, first))
+        sized = np.isfinite(x).all(axis=1)  # an empty layer (a zero-sized axis) gets no factor
+        x = x[sized]
         total = np.full(len(x), self.baseline)
         chunk = max(1, WALK_ELEMENTS // len(self.roots))
         for lo in range(0, len(x), chunk):
@@ -108,8 +109,9 @@ class ResidualTrees:
                 go_left = flat.take(start + self.feature.take(node)) <= self.threshold.take(node)
                 node = self.child.take(2 * node + go_left)
             total[lo:lo + chunk] += self.value.take(node).sum(axis=1)
-        out[sized] = total[inverse.reshape(-1)]
-        return out
+        factor = np.zeros(len(first))
+        factor[sized] = total
+        return factor[inverse.reshape(-1)]
 
 
 def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Optional[Mapping] = None) -> dict:
