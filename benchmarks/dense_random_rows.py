@@ -80,6 +80,29 @@ def stacked(fam, params, arrays, time_ms, correction, tree_settings):
     return lambda a: fam.predict_ms(a, params) * np.exp(walk.log_factor(a) + corr.log_factor(a, fam.classify(a)))
 
 
+def cmd_repeat(args):
+    """Run 24 / run 23 over the layers both timed: the dense layers' run-to-run spread."""
+    import numpy as np
+
+    from torch_alpha_profiler.calibrate.plan import config_key
+    from torch_alpha_profiler.tables import read_layer_table
+
+    lines = [f"# {os.path.relpath(args.again, args.dense)} against the dense layers, same layers", ""]
+    for dtype in args.dtypes:
+        times = []
+        for path in (os.path.join(args.dense, f"dense-{dtype}.csv"), os.path.join(args.again, f"dense-{dtype}.csv")):
+            table = read_layer_table(path)
+            rows = zip(*(table.columns[h] for h in table.header))
+            times.append({config_key(dict(zip(table.header, r))): t for r, t in zip(rows, table.time_ms)})
+        both = [k for k in times[1] if k in times[0]]
+        spread = np.array([abs(times[0][k] / times[1][k] - 1) for k in both]) * 100
+        lines.append(f"{dtype}: {len(both)} layers; |dense / again - 1|: median {np.median(spread):.2f}%, "
+                     f"mean {spread.mean():.2f}%, 90th percentile {np.percentile(spread, 90):.2f}%")
+    with open(os.path.join(args.dense, "repeat.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _mape(pred, meas):
     import numpy as np
 
@@ -200,6 +223,12 @@ def main(argv=None):
     m.add_argument("--count", type=int, default=3000)
     m.add_argument("--out", required=True)
     m.set_defaults(func=cmd_measure)
+    rp = sub.add_parser("repeat", help="the dense layers timed twice: run-to-run spread (CPU)")
+    rp.add_argument("--dense", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                                                    "dense-random"))
+    rp.add_argument("--again", default=None, help="folder of the second run (default DENSE/run-a)")
+    rp.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    rp.set_defaults(func=cmd_repeat)
     r = sub.add_parser("report", help="the learning curve (CPU)")
     r.add_argument("--data", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
     r.add_argument("--dense", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
@@ -209,6 +238,8 @@ def main(argv=None):
     r.add_argument("--out-md", default=None)
     r.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
+    if getattr(args, "again", "") is None:
+        args.again = os.path.join(args.dense, "run-a")
     if getattr(args, "out_md", "") is None:
         args.out_md = os.path.join(args.dense, "learning-curve.md")
     args.func(args)
