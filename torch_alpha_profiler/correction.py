@@ -109,14 +109,17 @@ class NeighbourCorrection:
         a class with no calibration layer, and for an empty one (a zero-sized axis)."""
         from scipy.spatial import cKDTree
 
-        out = np.zeros(len(arrays))
-        coords = coordinates(arrays)
-        sized = np.flatnonzero(np.isfinite(coords).all(axis=1))
-        if len(sized) == 0:
-            return out
-        # many layers of a model or table share a shape: weigh each distinct one once
-        first, inverse = distinct_rows(_shape_keys(arrays, classes)[sized])
-        x = np.column_stack([coords[sized[first]] / self.scales, np.asarray(classes)[sized[first]]])
+        from .layers import take
+
+        if len(arrays) == 0:
+            return np.zeros(0)
+        # many layers of a model or table share a shape: compute the coordinates of, and weigh,
+        # each distinct one once
+        first, inverse = distinct_rows(_shape_keys(arrays, classes))
+        coords = coordinates(take(arrays, first))
+        # an empty layer (a zero-sized axis) has no coordinates: no correction
+        sized = np.isfinite(coords).all(axis=1)
+        x = np.column_stack([np.where(sized[:, None], coords, 0.0) / self.scales, np.asarray(classes)[first]])
         factor = np.zeros(len(x))
         for c in np.unique(x[:, -1]).astype(np.int64):
             tree = self.trees.get(int(c))
@@ -134,8 +137,8 @@ class NeighbourCorrection:
                 num = np.bincount(d.row, weights=w * r[d.col], minlength=len(rows))
                 den = np.bincount(d.row, weights=w, minlength=len(rows))
             factor[rows] = num / (den + self.shrink)
-        out[sized] = factor[inverse.reshape(-1)]
-        return out
+        factor[~sized] = 0.0
+        return factor[inverse.reshape(-1)]
 
 
 def build(settings: Mapping, arrays: LayerArrays, time_ms: np.ndarray, predicted_ms: np.ndarray,
