@@ -24,7 +24,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 HELDOUT_SEEDS = (20261125, 20261126)  # validate_gpu.HELDOUT_SEED, validate_gpu.FRESH_SEED
-STEPS = (0, 600, 1200, 2400, 4800, 9600, 15000)
+STEPS = (0, 600, 1200, 2400, 4800, 9600, 15000, 25000, 40000)
 
 
 def dense_rows(count):
@@ -81,25 +81,32 @@ def stacked(fam, params, arrays, time_ms, correction, tree_settings):
 
 
 def cmd_repeat(args):
-    """Run 24 / run 23 over the layers both timed: the dense layers' run-to-run spread."""
+    """The dense layers timed twice: run-to-run spread. ``run-a`` (run 23) timed the first 3,000 on
+    run 24's machine; ``run-b`` (run 26, session 10) on the machine that timed layers 15,000-40,000."""
     import numpy as np
 
     from torch_alpha_profiler.calibrate.plan import config_key
     from torch_alpha_profiler.tables import read_layer_table
 
-    lines = [f"# {os.path.relpath(args.again, args.dense)} against the dense layers, same layers", ""]
-    for dtype in args.dtypes:
-        times = []
-        for path in (os.path.join(args.dense, f"dense-{dtype}.csv"), os.path.join(args.again, f"dense-{dtype}.csv")):
-            table = read_layer_table(path)
-            rows = zip(*(table.columns[h] for h in table.header))
-            times.append({config_key(dict(zip(table.header, r))): t for r, t in zip(rows, table.time_ms)})
-        both = [k for k in times[1] if k in times[0]]
-        spread = np.array([abs(times[0][k] / times[1][k] - 1) for k in both]) * 100
-        lines.append(f"{dtype}: {len(both)} layers; |dense / again - 1|: median {np.median(spread):.2f}%, "
-                     f"mean {spread.mean():.2f}%, 90th percentile {np.percentile(spread, 90):.2f}%")
+    def times(path):
+        table = read_layer_table(path)
+        rows = zip(*(table.columns[h] for h in table.header))
+        return {config_key(dict(zip(table.header, r))): t for r, t in zip(rows, table.time_ms)}
+
+    lines = []
+    for again in args.again:
+        lines += [f"# {os.path.relpath(again, args.dense)} against the dense layers, same layers", ""]
+        for dtype in args.dtypes:
+            first, second = (times(os.path.join(d, f"dense-{dtype}.csv")) for d in (args.dense, again))
+            both = [k for k in second if k in first]
+            spread = np.array([abs(first[k] / second[k] - 1) for k in both]) * 100
+            ratio = np.array([first[k] / second[k] for k in both])
+            lines.append(f"{dtype}: {len(both)} layers; |dense / again - 1|: median {np.median(spread):.2f}%, "
+                         f"mean {spread.mean():.2f}%, 90th percentile {np.percentile(spread, 90):.2f}%; "
+                         f"median dense / again {np.median(ratio):.4f}")
+        lines.append("")
     with open(os.path.join(args.dense, "repeat.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines))
     print("\n".join(lines))
 
 
@@ -175,9 +182,12 @@ def cmd_report(args):
     print("\n".join(lines))
 
 
-# the residual trees' settings compared (trees, learning rate, depth); the shipped one is trees.SETTINGS
-CANDIDATES = ((50, 0.3, 4), (100, 0.2, 4), (50, 0.3, 6), (100, 0.2, 6), (200, 0.1, 6), (300, 0.1, 8))
-CHOICE_FIT = 12000  # dense layers in the fits that choose; the rest choose
+# the residual trees' settings compared (trees, learning rate, depth, one ensemble a layer class);
+# the shipped one is trees.SETTINGS. Rule (session 10): the fastest to walk of those within half a
+# point of the best "trees x neighbours" MAPE, in both dtypes
+CANDIDATES = ((100, 0.2, 6, False), (300, 0.1, 8, False), (400, 0.1, 10, False),
+              (100, 0.2, 6, True), (150, 0.15, 8, True), (300, 0.1, 8, True), (400, 0.1, 10, True))
+CHOICE_FIT = 36000  # dense layers in the fits that choose; the rest choose
 
 
 def settings_section(fam, correction, calib, dense):
@@ -198,19 +208,19 @@ def settings_section(fam, correction, calib, dense):
              f"calibration and the first {CHOICE_FIT})", "",
              "Walk time: the numpy walk of `trees.ResidualTrees.log_factor` over the predicted layers, all "
              "distinct, per million layers on this machine.", "",
-             "| trees | learning rate | depth | trees alone MAPE % | trees x neighbours MAPE % "
-             "| walk s per 1M layers |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    for n, rate, depth in CANDIDATES:
-        settings = dict(trees.SETTINGS, trees=n, learning_rate=rate, max_depth=depth)
+             "| trees | learning rate | depth | one ensemble a class | trees alone MAPE % "
+             "| trees x neighbours MAPE % | walk s per 1M layers |",
+             "|---:|---:|---:|---|---:|---:|---:|"]
+    for n, rate, depth, by_class in CANDIDATES:
+        settings = dict(trees.SETTINGS, trees=n, learning_rate=rate, max_depth=depth, by_class=by_class)
         predict = stacked(fam, params, arrays, times, correction, settings)
         walk = trees.from_section(trees.fit(arrays, np.log(times / fam.predict_ms(arrays, params)), settings))
         t0 = time.perf_counter()
         alone = fam.predict_ms(choose, params) * np.exp(walk.log_factor(choose))
         per_million = (time.perf_counter() - t0) / len(rest) * 1e6
         mark = " (shipped)" if settings == trees.SETTINGS else ""
-        lines.append(f"| {n}{mark} | {rate} | {depth} | {_mape(alone, chosen_ms):.1f} | "
-                     f"{_mape(predict(choose), chosen_ms):.1f} | {per_million:.1f} |")
+        lines.append(f"| {n}{mark} | {rate} | {depth} | {'yes' if by_class else 'no'} | "
+                     f"{_mape(alone, chosen_ms):.2f} | {_mape(predict(choose), chosen_ms):.2f} | {per_million:.1f} |")
         print(lines[-1], flush=True)
     return lines + [""]
 
@@ -226,7 +236,8 @@ def main(argv=None):
     rp = sub.add_parser("repeat", help="the dense layers timed twice: run-to-run spread (CPU)")
     rp.add_argument("--dense", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
                                                     "dense-random"))
-    rp.add_argument("--again", default=None, help="folder of the second run (default DENSE/run-a)")
+    rp.add_argument("--again", nargs="+", default=None,
+                    help="folders of the second runs (default DENSE/run-a DENSE/run-b)")
     rp.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     rp.set_defaults(func=cmd_repeat)
     r = sub.add_parser("report", help="the learning curve (CPU)")
@@ -239,7 +250,7 @@ def main(argv=None):
     r.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     if getattr(args, "again", "") is None:
-        args.again = os.path.join(args.dense, "run-a")
+        args.again = [os.path.join(args.dense, "run-a"), os.path.join(args.dense, "run-b")]
     if getattr(args, "out_md", "") is None:
         args.out_md = os.path.join(args.dense, "learning-curve.md")
     args.func(args)
