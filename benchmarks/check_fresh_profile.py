@@ -10,13 +10,14 @@ import torchvision
 
 from torch_alpha_profiler import AlphaProfiler, load_profile
 from torch_alpha_profiler.correction import from_profile
+from torch_alpha_profiler.trees import count
 
 
 def main(path: str) -> None:
     p = load_profile(path)
     points = sum(len(r) for r in from_profile(p).residuals.values())
     print("loaded", p.name, "schema", p.schema_version, "correction", p.correction["bandwidth"], "points", points,
-          "residual trees", len(p.trees["trees"]) if p.trees else None)
+          "residual trees", count(p.trees) if p.trees else None)
     print("calibration_seconds", p.provenance.get("calibration_seconds"))
     model = torchvision.models.resnet50().cuda().eval()
     x = torch.randn(1, 3, 224, 224, device="cuda")

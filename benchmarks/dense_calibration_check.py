@@ -32,6 +32,7 @@ def main(argv=None):
     from torch_alpha_profiler.fit import fit_profile
     from torch_alpha_profiler.profile import load_profile
     from torch_alpha_profiler.tables import read_layer_table
+    from torch_alpha_profiler.trees import describe
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--raw", default=os.path.join(DATA, "fresh-run25", "fresh-float32.csv"))
@@ -45,7 +46,7 @@ def main(argv=None):
     seen = {config_key(dict(zip(raw.header, row))) for row in zip(*(raw.columns[h] for h in raw.header))}
     dense = sum(s == "dense" for s in raw.columns["sweep"])
     print(f"refitted {os.path.relpath(args.raw, os.path.dirname(os.path.dirname(DATA)))}: {len(raw)} layers ({dense} dense), "
-          f"{len(fresh.trees['trees'])} residual trees; shipped profile {args.profile}")
+          f"{describe(fresh.trees)}; shipped profile {args.profile}")
     print("| set | layers | left out (in the run's table) | run 25 refit MAPE % (Spearman) | "
           "shipped MAPE % (Spearman) |")
     print("|---|---:|---:|---:|---:|")

@@ -91,7 +91,7 @@ def fitted():
 
 def test_fit_gives_the_axes_family_its_default_correction_and_it_corrects(fitted):
     table, profile = fitted
-    assert profile.correction == DEFAULT and profile.schema_version == 4
+    assert profile.correction == DEFAULT and profile.schema_version == 5
     plain = dataclasses.replace(profile, correction=None)
     ape = lambda p: np.mean(np.abs(p - table.time_ms) / table.time_ms)  # noqa: E731
     assert ape(evaluate(table.arrays, profile).predicted_ms) < 0.5 * ape(evaluate(table.arrays, plain).predicted_ms)

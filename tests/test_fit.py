@@ -77,7 +77,7 @@ def test_fit_profile_builds_a_loadable_profile_with_provenance(tmp_path):
     times[1] = "0"         # not a usable time
     table = parse_layer_table(rows_to_csv(plan, PLAN_COLUMNS, {"time_ms": times}), "meas.csv")
     p = fit_profile(table, name="mine", provenance={"device_name": "Test GPU", "extra": 1})
-    assert (p.name, p.family, p.schema_version) == ("mine", "paper", 4)
+    assert (p.name, p.family, p.schema_version) == ("mine", "paper", 5)
     assert_params_close(p.parameters, TRUE_PARAMS, rel=1e-3)
     prov = p.provenance
     assert prov["device_name"] == "Test GPU" and prov["extra"] == 1 and prov["dtype"] == "float32"

@@ -306,7 +306,7 @@ def test_calibrate_on_cpu_writes_every_csv_and_a_profile_that_loads(calibrated):
         assert os.path.exists(prefix + suffix), suffix
     p = load_profile(prefix + ".json")
     assert p.to_json() == profile.to_json()  # (fit statistics of 2 rows hold NaN: compare the text)
-    assert p.schema_version == 4 and p.family == "axes" and p.device_name.startswith("CPU")
+    assert p.schema_version == 5 and p.family == "axes" and p.device_name.startswith("CPU")
     assert set(p.ops["stream"]) == set(STREAM_CLASSES)
     assert "matmul" in p.ops and "attention" in p.ops
     assert set(p.host["launch_us"]) == set(HOST_CLASSES) and p.host["module_us"] > 0

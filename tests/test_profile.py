@@ -1,5 +1,6 @@
 """profile: built-in profiles, validation that names the field, save/overwrite, device checks."""
 import copy
+import gzip
 import json
 import math
 import pathlib
@@ -78,7 +79,7 @@ def _set(path, value):
 # (mutation, every substring the error must contain)
 INVALID = {
     "missing schema_version": (_del("schema_version"), ["'schema_version'", "None"]),
-    "wrong schema_version": (_set("schema_version", 5), ["'schema_version'", "5"]),
+    "wrong schema_version": (_set("schema_version", 6), ["'schema_version'", "6"]),
     "missing name": (_del("name"), ["'name'"]),
     "unknown family": (_set("family", "quadratic"), ["'family'", "'quadratic'", "paper"]),
     "missing parameters": (_del("parameters"), ["'parameters'"]),
@@ -120,6 +121,28 @@ def test_corrupt_json_names_file_and_line(tmp_path):
         load_profile(path)
     assert str(info.value).startswith(path) and "not valid JSON" in str(info.value)
     assert "line 4" in str(info.value)
+
+
+def test_a_gzip_profile_saves_the_same_bytes_each_time_and_loads(tmp_path, no_gpu):
+    p = load_profile("t2000-paper")
+    path = str(tmp_path / "mine.json.gz")
+    p.save(path)
+    first = pathlib.Path(path).read_bytes()
+    assert first[:2] == b"\x1f\x8b" and gzip.decompress(first).decode() == p.to_json()
+    p.save(path, overwrite=True)
+    assert pathlib.Path(path).read_bytes() == first  # no time stamp in the header
+    assert load_profile(path) == p
+
+
+@pytest.mark.parametrize("data,message", [(b"not gzip at all", "not a readable gzip file"),
+                                          (gzip.compress(b"\xff\xfe{"), "not UTF-8 text"),
+                                          (gzip.compress(b'{"name": '), "not valid JSON")])
+def test_a_corrupt_gzip_profile_is_named(tmp_path, data, message):
+    path = tmp_path / "bad.json.gz"
+    path.write_bytes(data)
+    with pytest.raises(ProfileError, match=message) as info:
+        load_profile(str(path))
+    assert str(info.value).startswith(str(path))
 
 
 def test_unknown_name_lists_builtin_profiles():

@@ -32,7 +32,9 @@ def test_shipped_profile_is_reproduced_by_fit(name, dtype):
             assert refit.parameters["classes"][cls][key] == pytest.approx(value, rel=1e-6), (cls, key)
     assert refit.provenance["fit"]["mape_pct"] == pytest.approx(shipped.provenance["fit"]["mape_pct"], rel=1e-6)
     # the trees: the same factors (a scikit-learn version may order equal splits otherwise)
-    assert len(refit.trees["trees"]) == len(shipped.trees["trees"])
+    assert refit.trees["settings"] == shipped.trees["settings"]
+    assert {name: len(part["trees"]) for name, part in refit.trees["classes"].items()} == {
+        name: len(part["trees"]) for name, part in shipped.trees["classes"].items()}
     got, want = (from_section(p.trees).log_factor(table.arrays) for p in (refit, shipped))
     assert np.abs(got - want).max() < 1e-6
     # the correction's points are the same rows

@@ -35,22 +35,60 @@ def fitted():
     return table, fit_profile(table, family="axes", provenance={"device_name": "Test GPU"}, trees=True)
 
 
-def test_the_numpy_walk_equals_scikit_learns_prediction(fitted):
+def _sklearn(x, y, s):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
+    return HistGradientBoostingRegressor(max_iter=s["trees"], learning_rate=s["learning_rate"],
+                                         max_depth=s["max_depth"], max_leaf_nodes=None,
+                                         min_samples_leaf=s["min_samples_leaf"], loss="absolute_error",
+                                         early_stopping=False, random_state=0).fit(x, y)
+
+
+def test_the_numpy_walk_equals_scikit_learns_prediction_class_by_class(fitted):
     table, profile = fitted
     s = trees.SETTINGS
     formula = dataclasses.replace(profile, correction=None, trees=None)
     target = np.log(table.time_ms / evaluate(table.arrays, formula).predicted_ms)
-    model = HistGradientBoostingRegressor(max_iter=s["trees"], learning_rate=s["learning_rate"],
-                                          max_depth=s["max_depth"], max_leaf_nodes=None,
-                                          min_samples_leaf=s["min_samples_leaf"], loss="absolute_error",
-                                          early_stopping=False, random_state=0)
-    model.fit(trees.features(table.arrays), target)
+    x = trees.features(table.arrays)
     other = parse_layer_table("\n".join(_rows(seed=1, count=50)), "other.csv").arrays
+    xo = trees.features(other)
     walked = trees.from_section(profile.trees).log_factor(other)
-    assert np.allclose(walked, model.predict(trees.features(other)), rtol=0, atol=1e-12)
-    assert len(profile.trees["trees"]) == s["trees"]
+    assert set(profile.trees["classes"]) == {"conv1x1", "convkxk"}  # the layer classes of _rows
+    for name, part in profile.trees["classes"].items():
+        assert len(part["trees"]) == s["trees"]
+        c = ("linear", "conv1x1", "convkxk").index(name)
+        model = _sklearn(x[x[:, 0] == c], target[x[:, 0] == c], s)  # trees of the class's layers alone
+        assert np.allclose(walked[xo[:, 0] == c], model.predict(xo[xo[:, 0] == c]), rtol=0, atol=1e-12)
+    assert trees.count(profile.trees) == 2 * s["trees"]
+
+
+def test_one_ensemble_for_every_class_is_still_fitted_and_walked(fitted):
+    """by_class False: the schema-4 layout, one ensemble whose walk is scikit-learn's."""
+    table, profile = fitted
+    s = dict(trees.SETTINGS, trees=20, by_class=False)
+    target = np.arange(len(table)) % 5 / 10
+    section = trees.fit(table.arrays, target, s)
+    assert "classes" not in section and len(section["trees"]) == 20
+    other = parse_layer_table("\n".join(_rows(seed=1, count=50)), "other.csv").arrays
+    model = _sklearn(trees.features(table.arrays), target, s)
+    got = trees.from_section(section).log_factor(other)
+    assert np.allclose(got, model.predict(trees.features(other)), rtol=0, atol=1e-12)
+    doc = json.loads(profile.to_json())
+    doc["trees"], doc["schema_version"] = json.loads(json.dumps(section)), 4
+    assert profile_from_dict(doc).trees == doc["trees"]  # a schema-4 profile still loads
+
+
+def test_a_class_without_enough_layers_gets_no_trees_and_a_factor_of_one(fitted):
+    from torch_alpha_profiler.layers import concat
+
+    table, profile = fitted
+    linear = parse_layer_table("kind,N,Cin,Cout,H,W,K1,K2,time_ms\n" + "\n".join(
+        f"Linear,{n},64,64,1,1,1,1,0.01" for n in range(1, trees.MIN_CLASS_ROWS)), "few.csv").arrays
+    arrays = concat([table.arrays, linear])
+    section = trees.fit(arrays, np.r_[np.zeros(len(table)), np.ones(len(linear))], dict(trees.SETTINGS, trees=5))
+    assert "linear" not in section["classes"] and "convkxk" in section["classes"]
+    assert np.array_equal(trees.from_section(section).log_factor(linear), np.zeros(len(linear)))
+    assert trees.fit(linear, np.ones(len(linear))) is None  # no class has enough: no section
 
 
 def test_trees_lower_the_error_and_leave_alpha_alone(fitted):
@@ -81,42 +119,58 @@ def test_the_correction_corrects_what_the_trees_left(fitted):
         assert np.allclose(np.sort(residuals), np.sort(left[classes == c]), rtol=0, atol=1e-12)
 
 
-def test_trees_survive_save_and_load_and_need_schema_4(fitted, tmp_path):
+def test_trees_survive_save_and_load_and_need_schema_5(fitted, tmp_path):
     table, profile = fitted
     path = str(tmp_path / "p.json")
     profile.save(path)
     text = open(path).read()
-    assert '"left": [' in text and profile.schema_version == 4  # a tree's column on one line
+    assert '"left": [' in text and profile.schema_version == 5  # a tree's column on one line
     again = load_profile(path, warn_device=False)
     assert again.trees == json.loads(profile.to_json())["trees"]
     assert np.array_equal(evaluate(table.arrays, again).predicted_ms, evaluate(table.arrays, profile).predicted_ms)
     doc = json.loads(text)
+    doc["schema_version"] = 4
+    with pytest.raises(ProfileError, match="'trees.classes' needs schema_version 5"):
+        profile_from_dict(doc)
     doc["schema_version"] = 3
     with pytest.raises(ProfileError, match="'trees' needs schema_version 4"):
         profile_from_dict(doc)
 
 
+def _part(d):
+    return d["trees"]["classes"]["convkxk"]
+
+
 def _bad_child(d):
-    d["trees"]["trees"][0]["left"][0] = 0  # a node that points to itself: no tree
+    _part(d)["trees"][0]["left"][0] = 0  # a node that points to itself: no tree
 
 
 def _two_parents(d):
-    tree = d["trees"]["trees"][0]
+    tree = _part(d)["trees"][0]
     inner = [i for i, f in enumerate(tree["feature"]) if f >= 0]
-    a, b = inner[-2], inner[-1]
-    tree["right"][b] = tree["right"][a] if tree["right"][a] > b else tree["left"][a]  # a shared child
+    # node b takes a child c of an earlier node a as its right child: c has two parents (c > b keeps
+    # children after parents, so only the shared-child check can see it)
+    a, b, c = next((a, b, c) for a in inner for b in inner if b > a
+                   for c in (tree["left"][a], tree["right"][a]) if c > b and c != tree["left"][b])
+    tree["right"][b] = c
+
+
+T0 = r"trees.classes.convkxk.trees\[0\]"
 
 
 @pytest.mark.parametrize("change,message", [
     (lambda d: d["trees"].__setitem__("method", "forest"), "trees.method"),
     (lambda d: d["trees"]["features"].pop(), "trees.features"),
-    (lambda d: d["trees"].__setitem__("baseline", "x"), "trees.baseline"),
-    (lambda d: d["trees"].__setitem__("trees", []), "trees.trees' must be a non-empty list"),
-    (lambda d: d["trees"]["trees"][0]["value"].pop(), r"trees.trees\[0\].value"),
-    (lambda d: d["trees"]["trees"][0].__setitem__("threshold", ["a"] * 3), r"trees.trees\[0\].threshold"),
-    (_bad_child, r"trees.trees\[0\]' has a malformed node \(0\)"),
-    (lambda d: d["trees"]["trees"][0]["feature"].__setitem__(0, 99), r"malformed node \(0\)"),
-    (lambda d: d["trees"]["trees"][0]["left"].__setitem__(0, 1.0), r"trees.trees\[0\].left' must hold integers"),
+    (lambda d: d["trees"].__setitem__("classes", {}), "trees.classes' must be a non-empty object"),
+    (lambda d: d["trees"]["classes"].__setitem__("attention", _part(d)), "unknown layer class 'attention'"),
+    (lambda d: d["trees"]["classes"].__setitem__("convkxk", []), "trees.classes.convkxk' must be an object"),
+    (lambda d: _part(d).__setitem__("baseline", "x"), "trees.classes.convkxk.baseline"),
+    (lambda d: _part(d).__setitem__("trees", []), "trees.classes.convkxk.trees' must be a non-empty list"),
+    (lambda d: _part(d)["trees"][0]["value"].pop(), T0 + ".value"),
+    (lambda d: _part(d)["trees"][0].__setitem__("threshold", ["a"] * 3), T0 + ".threshold"),
+    (_bad_child, T0 + r"' has a malformed node \(0\)"),
+    (lambda d: _part(d)["trees"][0]["feature"].__setitem__(0, 99), r"malformed node \(0\)"),
+    (lambda d: _part(d)["trees"][0]["left"].__setitem__(0, 1.0), T0 + r".left' must hold integers"),
     (_two_parents, r"is not a tree: node \d+ is the child of [02] nodes"),
 ])
 def test_a_bad_trees_section_is_named(fitted, change, message):
@@ -128,12 +182,12 @@ def test_a_bad_trees_section_is_named(fitted, change, message):
 
 def test_an_export_that_does_not_predict_as_scikit_learn_is_refused(fitted, monkeypatch):
     table = fitted[0]
-    walk = trees.from_section
+    walk = trees._walker
 
-    def shifted(section):  # as if scikit-learn's arrays had changed meaning
-        return dataclasses.replace(walk(section), baseline=walk(section).baseline + 0.1)
+    def shifted(*args):  # as if scikit-learn's arrays had changed meaning
+        return dataclasses.replace(walk(*args), baseline=walk(*args).baseline + 0.1)
 
-    monkeypatch.setattr(trees, "from_section", shifted)
+    monkeypatch.setattr(trees, "_walker", shifted)
     with pytest.raises(RuntimeError, match="do not predict as it does"):
         trees.fit(table.arrays, np.zeros(len(table)) + np.arange(len(table)) % 3)
 
@@ -154,7 +208,7 @@ def test_a_large_table_is_walked_in_chunks_as_one(fitted, monkeypatch):
     walk = trees.from_section(fitted[1].trees)
     arrays = parse_layer_table("\n".join(_rows(seed=3, count=400)), "big.csv").arrays
     whole = walk.log_factor(arrays)
-    monkeypatch.setattr(trees, "WALK_ELEMENTS", 7 * len(walk.roots))  # 7 layers a chunk
+    monkeypatch.setattr(trees, "WALK_ELEMENTS", 7 * walk.roots.shape[1])  # 7 layers a chunk
     assert np.array_equal(walk.log_factor(arrays), whole)
 
 
@@ -177,7 +231,7 @@ def test_cli_fit_takes_several_tables_and_can_leave_the_trees_out(tmp_path, caps
     a.write_text("\n".join(rows[:80]) + "\n")
     b.write_text("\n".join([rows[0]] + rows[80:]) + "\n")
     assert main(["fit", str(a), str(b), "--family", "axes", "--out", str(tmp_path / "p.json")]) == 0
-    assert "100 residual trees" in capsys.readouterr().err
+    assert "300 residual trees (conv1x1, convkxk: one ensemble each)" in capsys.readouterr().err
     p = load_profile(str(tmp_path / "p.json"), warn_device=False)
     assert p.provenance["n_measurements"] == 120 and p.provenance["more_sources"] == [str(b)]
     assert p.trees is not None and len(p.fit_data["rows"]) == 120

@@ -341,7 +341,9 @@ def cmd_fit(args) -> int:
     corrected = (f"; with the neighbour correction (bandwidth {profile.correction['bandwidth']}) over them"
                  if profile.correction else "")
     if profile.trees:
-        corrected = f"; with {len(profile.trees['trees'])} residual trees" + corrected
+        from .trees import describe
+
+        corrected = f"; with {describe(profile.trees)}" + corrected
     sys.stderr.write(f"fitted {args.family} on {fit['n']} layers: MAPE {fit['mape_pct']:.1f}%, "
                      f"Spearman {fit['spearman']:.3f} (the formula alone){corrected}; wrote {args.out}\n")
     return 0
@@ -669,7 +671,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help="time Conv2d/Linear layers only (no op classes, no eager host costs)")
     p.add_argument("--dense", type=int, default=0, metavar="N",
                    help="also time N random layers beyond the plan, for the residual trees (the h100 profiles "
-                        "have 15000: about 3.5 minutes more on an H100; fitting the trees needs scikit-learn)")
+                        "have 40000: about 7-8 minutes more on an H100; fitting the trees needs scikit-learn)")
     p.set_defaults(func=cmd_calibrate)
     return parser
 

@@ -7,18 +7,21 @@ docs/profile-format.md.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Dict, List, Mapping, Optional
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # version 2 adds the optional 'ops', 'host', 'channels_last', 'power' and 'train' sections,
-# version 3 the optional 'correction' (correction.py), version 4 the optional 'trees' (trees.py)
-READABLE_VERSIONS = (1, 2, 3, 4)
+# version 3 the optional 'correction' (correction.py), version 4 the optional 'trees' (trees.py),
+# version 5 trees of their own for each layer class ('trees.classes')
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 REQUIRED_PROVENANCE = ("device_name", "dtype", "date", "source")
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
@@ -101,11 +104,15 @@ class DeviceProfile:
         return _dumps(self.to_dict(), "") + "\n"
 
     def save(self, path: str, overwrite: bool = False) -> None:
-        """Write the profile as JSON; refuses to replace an existing file unless ``overwrite``."""
+        """Write the profile as JSON, gzip-compressed where ``path`` ends in '.gz' (the same bytes
+        each time: no time stamp); refuses to replace an existing file unless ``overwrite``."""
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
+        data = self.to_json().encode("utf-8")
+        if path.endswith(".gz"):
+            data = gzip.compress(data, mtime=0)
+        with open(path, "wb") as f:
+            f.write(data)
 
 
 def _dumps(obj, pad: str) -> str:
@@ -202,6 +209,8 @@ def profile_from_dict(doc: Any, where: str = "profile") -> DeviceProfile:
 
         if version < 4:
             raise ProfileError(f"{where}: field 'trees' needs schema_version 4")
+        if version < 5 and isinstance(trees, Mapping) and "classes" in trees:
+            raise ProfileError(f"{where}: field 'trees.classes' needs schema_version 5")
         check_trees(trees, where)
     return DeviceProfile(
         name=doc["name"], family=doc["family"], parameters=params,
@@ -369,15 +378,30 @@ def _check_ranges(family, params: Mapping, where: str) -> None:
         raise ProfileError(f"{where}: field 'parameters.overhead_ms' must not be negative")
 
 
+# the files a profile may be stored in: JSON, or gzip-compressed JSON (the large h100 profiles)
+SUFFIXES = (".json", ".json.gz")
+
+
+def _builtin_files() -> Dict[str, Any]:
+    """Built-in profile name -> its file inside the package."""
+    files = resources.files("torch_alpha_profiler").joinpath("data")
+    return {p.name[:-len(s)]: p for p in files.iterdir() for s in SUFFIXES if p.name.endswith(s)}
+
+
 def builtin_names() -> List[str]:
     """Names of the profiles shipped inside the package."""
-    files = resources.files("torch_alpha_profiler").joinpath("data")
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".json"))
+    return sorted(_builtin_files())
 
 
-def _read_json(text: str, where: str):
+def _read_json(data: bytes, where: str, compressed: bool):
     try:
-        return json.loads(text)
+        if compressed:
+            data = gzip.decompress(data)
+        return json.loads(data.decode("utf-8"))
+    except (OSError, EOFError, zlib.error) as e:  # gzip's errors
+        raise ProfileError(f"{where}: not a readable gzip file ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{where}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ProfileError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
@@ -394,14 +418,15 @@ def load_profile(name_or_path, warn_device: bool = True) -> DeviceProfile:
         return auto_profile()
     elif isinstance(name_or_path, (str, os.PathLike)):
         name = os.fspath(name_or_path)
-        if name in builtin_names():
-            text = resources.files("torch_alpha_profiler").joinpath("data", name + ".json").read_text()
-            profile = profile_from_dict(_read_json(text, f"built-in profile {name!r}"),
-                                        f"built-in profile {name!r}")
+        builtin = _builtin_files()
+        if name in builtin:
+            where = f"built-in profile {name!r}"
+            doc = _read_json(builtin[name].read_bytes(), where, builtin[name].name.endswith(".gz"))
+            profile = profile_from_dict(doc, where)
             profile.derived["builtin"] = name  # its fit_data is the package's (correction.from_profile)
         elif os.path.exists(name):
-            with open(name, encoding="utf-8") as f:
-                profile = profile_from_dict(_read_json(f.read(), name), name)
+            with open(name, "rb") as f:
+                profile = profile_from_dict(_read_json(f.read(), name, name.endswith(".gz")), name)
         else:
             raise ProfileError(
                 f"no profile {name!r}: not a file, and not a built-in profile "

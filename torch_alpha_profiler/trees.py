@@ -5,16 +5,18 @@ where the axes family is smooth (docs/model.md). The neighbour correction (corre
 such steps from calibrated layers to layers close to them; far from every calibrated layer it is
 1. The residual trees learn the steps' pattern over the whole calibration: gradient-boosted
 regression trees (scikit-learn's HistGradientBoostingRegressor, absolute error) of the formula's
-log residual ln(measured / formula) on the layer's shape (FEATURES). A layer's time is then
+log residual ln(measured / formula) on the layer's shape (FEATURES), one ensemble for each layer
+class (linear, 1x1, KxK, grouped, depthwise: their kernels differ, and trees of their own predict
+dense layers no fit saw better than one ensemble over all). A layer's time is then
 
     formula x exp(trees) x neighbour correction (on the residuals left after the trees)
 
 The formula alone still gives alpha (families.py); the trees and the correction change only the
 predicted milliseconds. Fitting needs scikit-learn (the ``fit`` extra); predicting does not: the
 profile stores every tree's nodes, and :class:`ResidualTrees` walks them with numpy. The settings
-(SETTINGS: few, shallow trees, so that a table of a million distinct layers is predicted in
-seconds) were chosen on dense random layers that no fit saw (benchmarks/dense_random_rows.py,
-benchmarks/data/dense-random/learning-curve.md, docs/model.md).
+(SETTINGS) were chosen on dense random layers that no fit saw, the fastest to walk within half a
+point of the best (benchmarks/dense_random_rows.py, benchmarks/data/dense-random/learning-curve.md,
+docs/model.md).
 """
 from __future__ import annotations
 
@@ -27,7 +29,9 @@ from .layers import LayerArrays
 
 METHOD = "boosted_trees"
 # chosen on held-out dense random calibration layers (benchmarks/dense_random_rows.py)
-SETTINGS = {"trees": 100, "learning_rate": 0.2, "max_depth": 6, "min_samples_leaf": 5}
+SETTINGS = {"trees": 150, "learning_rate": 0.15, "max_depth": 8, "min_samples_leaf": 5, "by_class": True}
+# a layer class with fewer fitted layers gets no trees of its own (factor 1)
+MIN_CLASS_ROWS = 20
 TILES = (32, 64, 128, 256)
 # (layers x trees) nodes walked at a time: bounds the walk's memory on a large table
 WALK_ELEMENTS = 2_000_000
@@ -73,15 +77,16 @@ def features(arrays: LayerArrays) -> np.ndarray:
 class ResidualTrees:
     """Every tree's nodes, flattened: node i tests ``x[feature[i]] <= threshold[i]`` and goes to
     ``child[2 i + 1]`` if so, else ``child[2 i]``; a leaf points to itself (threshold +inf) and
-    holds ``value``."""
+    holds ``value``. ``roots[c]`` are the first nodes of layer class c's trees (a class without
+    trees of its own walks a leaf of value 0), ``baseline[c]`` its starting value."""
 
     feature: np.ndarray
     threshold: np.ndarray
     child: np.ndarray  # (right, left) of each node, interleaved
     value: np.ndarray
-    roots: np.ndarray
+    roots: np.ndarray  # (classes, trees)
     depth: int
-    baseline: float
+    baseline: np.ndarray  # (classes,)
 
     def log_factor(self, arrays: LayerArrays) -> np.ndarray:
         """ln of the trees' factor of every layer (0 for an empty one)."""
@@ -98,38 +103,27 @@ class ResidualTrees:
         x = features(take(arrays, first))
         sized = np.isfinite(x).all(axis=1)  # an empty layer (a zero-sized axis) gets no factor
         x = x[sized]
-        total = np.full(len(x), self.baseline)
-        chunk = max(1, WALK_ELEMENTS // len(self.roots))
+        classes = x[:, 0].astype(np.intp)  # the first input is the layer's class
+        total = np.zeros(len(x))
+        chunk = max(1, WALK_ELEMENTS // self.roots.shape[1])
         for lo in range(0, len(x), chunk):
-            xs = x[lo:lo + chunk]
-            flat = xs.ravel()
-            start = (np.arange(len(xs)) * xs.shape[1])[:, None]  # each layer's first input in flat
-            node = np.broadcast_to(self.roots, (len(xs), len(self.roots))).copy()
-            for _ in range(self.depth):  # flat takes: about twice as fast as 2-d fancy indexing
-                go_left = flat.take(start + self.feature.take(node)) <= self.threshold.take(node)
-                node = self.child.take(2 * node + go_left)
-            total[lo:lo + chunk] += self.value.take(node).sum(axis=1)
+            total[lo:lo + chunk] = _walk_inputs(self, x[lo:lo + chunk], classes[lo:lo + chunk])
         factor = np.zeros(len(first))
         factor[sized] = total
         return factor[inverse.reshape(-1)]
 
 
-def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Optional[Mapping] = None) -> dict:
-    """The ``trees`` section of a profile: boosted trees of ``log_residual`` on :func:`features`,
-    with ``settings`` (default SETTINGS)."""
-    try:
-        from sklearn.ensemble import HistGradientBoostingRegressor
-    except ImportError:
-        raise ImportError("fitting the residual trees needs scikit-learn: "
-                          "pip install 'torch_alpha_profiler[fit]' (or fit without them)") from None
-    settings = dict(SETTINGS if settings is None else settings)
+def _ensemble(x: np.ndarray, y: np.ndarray, settings: Mapping) -> dict:
+    """Boosted trees of ``y`` on ``x``: {'baseline', 'trees'} (each tree's node columns), checked
+    against scikit-learn's own predictions."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
     model = HistGradientBoostingRegressor(
         max_iter=int(settings["trees"]), learning_rate=float(settings["learning_rate"]),
         max_depth=int(settings["max_depth"]), max_leaf_nodes=None,
         min_samples_leaf=int(settings["min_samples_leaf"]), loss="absolute_error", early_stopping=False,
         random_state=0)
-    x = features(arrays)
-    model.fit(x, np.asarray(log_residual, dtype=np.float64))
+    model.fit(x, y)
     trees = []
     for (predictor,) in model._predictors:  # one predictor per iteration for a regression
         n = predictor.nodes
@@ -139,17 +133,64 @@ def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Optional[Mappin
                       "left": np.where(leaf, -1, n["left"].astype(np.int64)).tolist(),
                       "right": np.where(leaf, -1, n["right"].astype(np.int64)).tolist(),
                       "value": np.where(leaf, n["value"], 0.0).astype(float).tolist()})
-    section = {"method": METHOD, "settings": settings, "features": list(FEATURE_NAMES),
-               "baseline": float(np.ravel(model._baseline_prediction)[0]), "trees": trees}
+    part = {"baseline": float(np.ravel(model._baseline_prediction)[0]), "trees": trees}
     # the export reads scikit-learn's own tree arrays (private attributes): check that the walk
     # gives what scikit-learn predicts on the fitted rows
-    gap = np.abs(from_section(section).log_factor(arrays) - model.predict(x))
+    walk = _walker({0: part}, 1)
+    classes = np.zeros(len(x), dtype=np.intp)
+    gap = np.abs(_walk_inputs(walk, x, classes) - model.predict(x))
     if gap.size and gap.max() > 1e-9:
         import sklearn
 
         raise RuntimeError(f"the residual trees exported from scikit-learn {sklearn.__version__} do not predict "
                            f"as it does (largest difference {gap.max():.3g}); fit without them (--no-trees)")
-    return section
+    return part
+
+
+def _walk_inputs(walk: ResidualTrees, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The trees' sum over computed inputs ``x`` of layers of ``classes``."""
+    flat = x.ravel()
+    start = (np.arange(len(x)) * x.shape[1])[:, None]  # each layer's first input in flat
+    node = walk.roots[classes]  # a copy: (layers, trees) of its class
+    for _ in range(walk.depth):  # flat takes: about twice as fast as 2-d fancy indexing
+        go_left = flat.take(start + walk.feature.take(node)) <= walk.threshold.take(node)
+        node = walk.child.take(2 * node + go_left)
+    return walk.baseline[classes] + walk.value.take(node).sum(axis=1)
+
+
+def fit(arrays: LayerArrays, log_residual: np.ndarray, settings: Optional[Mapping] = None) -> Optional[dict]:
+    """The ``trees`` section of a profile: boosted trees of ``log_residual`` on :func:`features`,
+    with ``settings`` (default SETTINGS); with ``by_class``, one ensemble for each layer class
+    that has at least MIN_CLASS_ROWS layers (None if none has)."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise ImportError("fitting the residual trees needs scikit-learn: "
+                          "pip install 'torch_alpha_profiler[fit]' (or fit without them)") from None
+    from .families import LAYER_CLASSES
+
+    settings = dict(SETTINGS if settings is None else settings)
+    x, y = features(arrays), np.asarray(log_residual, dtype=np.float64)
+    section = {"method": METHOD, "settings": settings, "features": list(FEATURE_NAMES)}
+    if not settings.get("by_class"):
+        return dict(section, **_ensemble(x, y, settings))
+    classes = x[:, 0].astype(np.intp)
+    parts = {name: _ensemble(x[classes == c], y[classes == c], settings) for c, name in enumerate(LAYER_CLASSES)
+             if np.count_nonzero(classes == c) >= MIN_CLASS_ROWS}
+    return dict(section, classes=parts) if parts else None
+
+
+def count(section: Mapping) -> int:
+    """How many trees a ``trees`` section holds, over every class."""
+    parts = section["classes"].values() if "classes" in section else (section,)
+    return sum(len(part["trees"]) for part in parts)
+
+
+def describe(section: Mapping) -> str:
+    """'N residual trees', and for which layer classes where each has its own."""
+    if "classes" not in section:
+        return f"{count(section)} residual trees"
+    return f"{count(section)} residual trees ({', '.join(section['classes'])}: one ensemble each)"
 
 
 def of_profile(profile) -> Optional[ResidualTrees]:
@@ -164,6 +205,7 @@ def of_profile(profile) -> Optional[ResidualTrees]:
 
 def check(section, where: str) -> None:
     """Validate a ``trees`` section (ProfileError naming the field)."""
+    from .families import LAYER_CLASSES
     from .profile import ProfileError
 
     def bad(field, what):
@@ -175,28 +217,45 @@ def check(section, where: str) -> None:
         raise bad(".method", f"is {section.get('method')!r}; expected {METHOD!r}")
     if list(section.get("features", [])) != list(FEATURE_NAMES):
         raise bad(".features", f"must be {list(FEATURE_NAMES)} (this version's inputs)")
-    base = section.get("baseline")
+    if "classes" not in section:  # one ensemble for every class (schema 4)
+        _check_ensemble(section, "", bad)
+        return
+    classes = section["classes"]
+    if not isinstance(classes, Mapping) or not classes:
+        raise bad(".classes", "must be a non-empty object of layer classes")
+    for name, part in classes.items():
+        if name not in LAYER_CLASSES:
+            raise bad(".classes", f"has an unknown layer class {name!r} (known: {', '.join(LAYER_CLASSES)})")
+        if not isinstance(part, Mapping):
+            raise bad(f".classes.{name}", "must be an object")
+        _check_ensemble(part, f".classes.{name}", bad)
+
+
+def _check_ensemble(part: Mapping, field: str, bad) -> None:
+    """Validate one ensemble's 'baseline' and 'trees' (``field``: where it sits in the section)."""
+    base = part.get("baseline")
     if not isinstance(base, (int, float)) or isinstance(base, bool) or not np.isfinite(base):
-        raise bad(".baseline", f"must be a finite number, got {base!r}")
-    trees = section.get("trees")
+        raise bad(f"{field}.baseline", f"must be a finite number, got {base!r}")
+    trees = part.get("trees")
     if not isinstance(trees, list) or not trees:
-        raise bad(".trees", "must be a non-empty list")
+        raise bad(f"{field}.trees", "must be a non-empty list")
     for t, tree in enumerate(trees):
+        where = f"{field}.trees[{t}]"
         if not isinstance(tree, Mapping):
-            raise bad(f".trees[{t}]", "must be an object")
+            raise bad(where, "must be an object")
         cols = {}
         for key in ("feature", "threshold", "left", "right", "value"):
             col = tree.get(key)
             if not isinstance(col, list) or not col:
-                raise bad(f".trees[{t}].{key}", "must be a non-empty list")
+                raise bad(f"{where}.{key}", "must be a non-empty list")
             if key in ("feature", "left", "right") and not all(type(v) is int for v in col):
-                raise bad(f".trees[{t}].{key}", "must hold integers (node and input indices)")
+                raise bad(f"{where}.{key}", "must hold integers (node and input indices)")
             try:
                 cols[key] = np.asarray(col, dtype=np.float64)
             except (TypeError, ValueError):
-                raise bad(f".trees[{t}].{key}", "must hold numbers") from None
+                raise bad(f"{where}.{key}", "must hold numbers") from None
             if cols[key].shape != (len(tree["feature"]),) or not np.isfinite(cols[key]).all():
-                raise bad(f".trees[{t}].{key}", "must hold one finite number a node, as many as 'feature'")
+                raise bad(f"{where}.{key}", "must hold one finite number a node, as many as 'feature'")
         n = len(cols["feature"])
         inner = cols["feature"] >= 0
         ok = (cols["feature"] < len(FEATURE_NAMES)) & (cols["feature"] >= -1)
@@ -205,7 +264,7 @@ def check(section, where: str) -> None:
             # children come after their parent: a walk always ends
             ok &= np.where(inner, (c > np.arange(n)) & (c < n), c == -1)
         if not ok.all():
-            raise bad(f".trees[{t}]", f"has a malformed node ({int(np.flatnonzero(~ok)[0])}): a feature index "
+            raise bad(where, f"has a malformed node ({int(np.flatnonzero(~ok)[0])}): a feature index "
                       "or children that do not form a tree")
         # every node but the root is the child of exactly one node: one tree, no shared subtrees
         children = np.concatenate([cols["left"][inner], cols["right"][inner]]).astype(np.int64)
@@ -213,31 +272,60 @@ def check(section, where: str) -> None:
         once = np.r_[0, np.ones(n - 1, dtype=np.int64)]
         if (parents != once).any():
             node = int(np.flatnonzero(parents != once)[0])
-            raise bad(f".trees[{t}]", f"is not a tree: node {node} is the child of {int(parents[node])} nodes")
+            raise bad(where, f"is not a tree: node {node} is the child of {int(parents[node])} nodes")
 
 
 def from_section(section: Mapping) -> ResidualTrees:
     """The walkable trees of a checked ``trees`` section."""
-    feature, threshold, left, right, value, roots = [], [], [], [], [], []
-    offset, depth = 0, 1
-    for tree in section["trees"]:
-        f = np.asarray(tree["feature"], dtype=np.int64)
-        n = len(f)
-        idx = np.arange(n) + offset
-        leaf = f < 0
-        feature.append(np.where(leaf, 0, f))
-        threshold.append(np.where(leaf, np.inf, np.asarray(tree["threshold"], dtype=np.float64)))
-        left.append(np.where(leaf, idx, np.asarray(tree["left"], dtype=np.int64) + offset))
-        right.append(np.where(leaf, idx, np.asarray(tree["right"], dtype=np.int64) + offset))
-        value.append(np.where(leaf, np.asarray(tree["value"], dtype=np.float64), 0.0))
-        roots.append(offset)
-        # a node's depth: one more than its parent's (children come after parents)
-        d = np.zeros(n, dtype=np.int64)
-        for i in np.flatnonzero(~leaf):  # parents come first: a node's depth is set before its children's
-            d[tree["left"][i]] = d[tree["right"][i]] = d[i] + 1
-        depth = max(depth, int(d.max()))
-        offset += n
+    from .families import LAYER_CLASSES
+
+    if "classes" in section:
+        parts = {LAYER_CLASSES.index(name): part for name, part in section["classes"].items()}
+    else:  # one ensemble for every class
+        parts = {c: section for c in range(len(LAYER_CLASSES))}
+    return _walker(parts, len(LAYER_CLASSES))
+
+
+def _walker(parts: Mapping[int, Mapping], n_classes: int) -> ResidualTrees:
+    """The flat node tables of ensembles ``parts`` (class index -> {'baseline', 'trees'}); an
+    ensemble shared by several classes is stored once."""
+    feature, threshold, left, right, value = [], [], [], [], []
+    offset, depth, first = 0, 1, {}
+    for part in parts.values():
+        if id(part) in first:
+            continue
+        first[id(part)] = roots = []
+        for tree in part["trees"]:
+            f = np.asarray(tree["feature"], dtype=np.int64)
+            n = len(f)
+            idx = np.arange(n) + offset
+            leaf = f < 0
+            feature.append(np.where(leaf, 0, f))
+            threshold.append(np.where(leaf, np.inf, np.asarray(tree["threshold"], dtype=np.float64)))
+            left.append(np.where(leaf, idx, np.asarray(tree["left"], dtype=np.int64) + offset))
+            right.append(np.where(leaf, idx, np.asarray(tree["right"], dtype=np.int64) + offset))
+            value.append(np.where(leaf, np.asarray(tree["value"], dtype=np.float64), 0.0))
+            roots.append(offset)
+            # a node's depth: one more than its parent's (children come after parents)
+            d = np.zeros(n, dtype=np.int64)
+            for i in np.flatnonzero(~leaf):  # parents come first: a node's depth is set before its children's
+                d[tree["left"][i]] = d[tree["right"][i]] = d[i] + 1
+            depth = max(depth, int(d.max()))
+            offset += n
+    # a leaf of value 0: what a class without trees (or with fewer) walks
+    zero = offset
+    feature.append(np.zeros(1, dtype=np.int64))
+    threshold.append(np.full(1, np.inf))
+    left.append(np.array([zero]))
+    right.append(np.array([zero]))
+    value.append(np.zeros(1))
+    width = max(len(r) for r in first.values())
+    roots = np.full((n_classes, width), zero, dtype=np.intp)
+    baseline = np.zeros(n_classes)
+    for c, part in parts.items():
+        roots[c, :len(first[id(part)])] = first[id(part)]
+        baseline[c] = float(part["baseline"])
     child = np.column_stack([np.concatenate(right), np.concatenate(left)]).ravel()
     return ResidualTrees(feature=np.concatenate(feature).astype(np.intp), threshold=np.concatenate(threshold),
-                         child=child.astype(np.intp), value=np.concatenate(value),
-                         roots=np.asarray(roots, dtype=np.int64), depth=depth, baseline=float(section["baseline"]))
+                         child=child.astype(np.intp), value=np.concatenate(value), roots=roots, depth=depth,
+                         baseline=baseline)

@@ -243,7 +243,7 @@ def dense_rows(count: int, exclude=(), seed: int = DENSE_SEED) -> List[Dict[str,
     """``count`` random layers drawn as the plan's random rows are (sweep 'dense'), none of them
     a configuration of ``exclude`` (config keys) or repeated: what `calibrate --dense` times after
     the plan. The residual trees (trees.py) learn cuDNN's and cuBLAS's kernel steps from them; the
-    shipped h100 profiles have 15,000 (benchmarks/data/dense-random/)."""
+    shipped h100 profiles have 40,000 (benchmarks/data/dense-random/)."""
     taken, rows = set(exclude), []
     for r in random_rows(2 * count + 100, seed, sweep="dense"):
         key = config_key(r)
