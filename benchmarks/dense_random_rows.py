@@ -132,12 +132,12 @@ def cmd_report(args):
     lines = ["# Learning curve over denser random calibration layers", "",
              "Made by `python benchmarks/dense_random_rows.py report` from `dense-DTYPE.csv` (this folder) and "
              "the committed calibration and held-out tables. Each row refits a model on the calibration plus "
-             "the first n dense random layers and predicts the two held-out sets of random layers and the "
+             "the first n dense random layers (up to 40,000) and predicts the two held-out sets of random layers and the "
              "models' layers, none of which any fit sees: the axes formula with the neighbour correction "
              "(the shipped form until session 9), boosted trees alone (a flexible learner with no formula, "
              "for reference), and the shipped form since session 9: the axes formula, residual trees "
              "(`torch_alpha_profiler/trees.py`, its settings) and the neighbour correction (the shipped "
-             "profile's settings). The shipped profiles are fitted on all 15,000 (last rows).", ""]
+             "profile's settings). The shipped profiles are fitted on all of them (40,000, last rows).", ""]
     for dtype, profile_name in zip(args.dtypes, args.profiles):
         settings = load_profile(profile_name, warn_device=False).correction
         calib = read_layer_table(os.path.join(args.data, f"calib-{dtype}.csv"))
