@@ -128,7 +128,7 @@ def main(argv=None):
              "see it. An effect stays in the shipped form when switching it off raises the CV MAPE by at least 0.5 points in at least one dtype. "
              "The first table varies the formula (each row without the neighbour correction); the second adds "
              "the neighbour correction to the shipped formula. Both are on the plan alone, without residual "
-             "trees: the shipped profiles fit formula, trees and correction on the plan and 15,000 more random "
+             "trees: the shipped profiles fit formula, trees and correction on the plan and 40,000 more random "
              "layers a dtype, and the trees' settings are chosen in "
              "`benchmarks/data/dense-random/learning-curve.md` (docs/model.md).", ""]
     for dtype in args.dtypes:
