@@ -145,6 +145,20 @@ def test_a_corrupt_gzip_profile_is_named(tmp_path, data, message):
     assert str(info.value).startswith(str(path))
 
 
+def test_a_path_object_saves_and_two_files_of_one_builtin_name_are_refused(tmp_path, no_gpu):
+    from torch_alpha_profiler.profile import profile_files
+
+    p = load_profile("t2000-paper")
+    p.save(tmp_path / "obj.json.gz")  # a pathlib.Path, compressed by its suffix
+    assert load_profile(str(tmp_path / "obj.json.gz")) == p
+    for name in ("a.json", "a.json.gz", "b.json.gz", "notes.txt"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(ProfileError, match=r"two files for the built-in profile 'a': a.json and a.json.gz"):
+        profile_files(tmp_path.iterdir())
+    (tmp_path / "a.json").unlink()
+    assert sorted(profile_files(tmp_path.iterdir())) == ["a", "b", "obj"]
+
+
 def test_unknown_name_lists_builtin_profiles():
     with pytest.raises(ProfileError, match=r"no profile 'no-such-gpu'.*t2000-paper"):
         load_profile("no-such-gpu")

@@ -89,6 +89,15 @@ def test_a_class_without_enough_layers_gets_no_trees_and_a_factor_of_one(fitted)
     assert "linear" not in section["classes"] and "convkxk" in section["classes"]
     assert np.array_equal(trees.from_section(section).log_factor(linear), np.zeros(len(linear)))
     assert trees.fit(linear, np.ones(len(linear))) is None  # no class has enough: no section
+    few = parse_layer_table("\n".join(_rows(count=15)), "few.csv")
+    with pytest.warns(UserWarning, match="no layer class has 20 NCHW layers"):
+        assert fit_profile(few, family="axes", trees=True).trees is None
+
+
+def test_per_class_trees_put_into_a_schema_4_profile_are_saved_as_schema_5(fitted):
+    old = dataclasses.replace(fitted[1], schema_version=4)
+    doc = json.loads(old.to_json())
+    assert doc["schema_version"] == 5 and profile_from_dict(doc).trees == doc["trees"]
 
 
 def test_trees_lower_the_error_and_leave_alpha_alone(fitted):
@@ -161,6 +170,10 @@ T0 = r"trees.classes.convkxk.trees\[0\]"
 @pytest.mark.parametrize("change,message", [
     (lambda d: d["trees"].__setitem__("method", "forest"), "trees.method"),
     (lambda d: d["trees"]["features"].pop(), "trees.features"),
+    (lambda d: d["trees"].__setitem__("features", 5), "trees.features"),
+    (lambda d: d["trees"].__setitem__("baseline", 0.0), "trees.baseline' is not allowed beside 'classes'"),
+    (lambda d: _part(d)["trees"][0]["value"].__setitem__(-1, 1e300), T0 + r".value' must hold log factors"),
+    (lambda d: _part(d).__setitem__("baseline", -1e300), "trees.classes.convkxk.baseline' must be a number within"),
     (lambda d: d["trees"].__setitem__("classes", {}), "trees.classes' must be a non-empty object"),
     (lambda d: d["trees"]["classes"].__setitem__("attention", _part(d)), "unknown layer class 'attention'"),
     (lambda d: d["trees"]["classes"].__setitem__("convkxk", []), "trees.classes.convkxk' must be an object"),
@@ -235,8 +248,9 @@ def test_cli_fit_takes_several_tables_and_can_leave_the_trees_out(tmp_path, caps
     p = load_profile(str(tmp_path / "p.json"), warn_device=False)
     assert p.provenance["n_measurements"] == 120 and p.provenance["more_sources"] == [str(b)]
     assert p.trees is not None and len(p.fit_data["rows"]) == 120
-    assert main(["fit", str(a), "--family", "axes", "--no-trees", "--out", str(tmp_path / "q.json")]) == 0
-    assert load_profile(str(tmp_path / "q.json"), warn_device=False).trees is None
+    assert main(["fit", str(a), "--family", "axes", "--no-trees", "--out", str(tmp_path / "q.json.gz")]) == 0
+    q = load_profile(str(tmp_path / "q.json.gz"), warn_device=False)
+    assert q.trees is None and q.name == "q"  # named after the file, '.json.gz' and all taken off
     c = tmp_path / "c.csv"
     c.write_text("kind,N,Cin,Cout,H,W,K1,K2,stride,time_ms\nConv2d,1,8,8,8,8,3,3,1,0.01\n")
     assert main(["fit", str(a), str(c), "--family", "axes", "--out", str(tmp_path / "r.json")]) == 2

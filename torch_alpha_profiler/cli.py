@@ -79,10 +79,16 @@ def _forward(model, batch: int, size, profile, run: str, scope: str = "model", t
 
 
 def _stem(path: str) -> str:
-    """A profile name from an output path: its file name without the extension."""
+    """A profile name from an output path: its file name without the extension ('.json.gz' too)."""
     import os
 
-    return os.path.splitext(os.path.basename(path))[0] or "profile"
+    from .profile import SUFFIXES
+
+    base = os.path.basename(path)
+    for suffix in sorted(SUFFIXES, key=len, reverse=True):
+        if base.endswith(suffix) and len(base) > len(suffix):
+            return base[:-len(suffix)]
+    return os.path.splitext(base)[0] or "profile"
 
 
 def _emit(text: str, out: Optional[str]) -> None:
@@ -671,7 +677,7 @@ def create_parser() -> argparse.ArgumentParser:
                    help="time Conv2d/Linear layers only (no op classes, no eager host costs)")
     p.add_argument("--dense", type=int, default=0, metavar="N",
                    help="also time N random layers beyond the plan, for the residual trees (the h100 profiles "
-                        "have 40000: about 7-8 minutes more on an H100; fitting the trees needs scikit-learn)")
+                        "have 40000: about 7-9 minutes more on an H100; fitting the trees needs scikit-learn)")
     p.set_defaults(func=cmd_calibrate)
     return parser
 

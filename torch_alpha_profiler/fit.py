@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import hashlib
+import warnings
 from typing import Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -258,6 +259,11 @@ def fit_profile(table: LayerTable, family: str = "paper", name: str = "fitted",
         nchw = ~arrays.channels_last
         tree_section = fit_trees(take(arrays, nchw), np.log(time_ms[nchw] / pred[nchw]),
                                  None if trees is True else trees)
+        if tree_section is None:
+            from .trees import MIN_CLASS_ROWS
+
+            warnings.warn(f"{table.source}: no layer class has {MIN_CLASS_ROWS} NCHW layers to fit residual "
+                          "trees on; the profile has none", stacklevel=2)
     return DeviceProfile(name=name, family=family, parameters=params, provenance=prov,
                          fit_data=fit_data, schema_version=SCHEMA_VERSION, correction=settings,
                          trees=tree_section)

@@ -75,8 +75,11 @@ class DeviceProfile:
         return str(self.provenance["dtype"])
 
     def to_dict(self) -> Dict[str, Any]:
+        version = self.schema_version
+        if isinstance(self.trees, Mapping) and "classes" in self.trees:
+            version = max(version, 5)  # per-class trees need schema 5 (e.g. put into a schema-4 profile)
         doc = {
-            "schema_version": self.schema_version,
+            "schema_version": version,
             "name": self.name,
             "family": self.family,
             "parameters": _plain(self.parameters),
@@ -106,6 +109,7 @@ class DeviceProfile:
     def save(self, path: str, overwrite: bool = False) -> None:
         """Write the profile as JSON, gzip-compressed where ``path`` ends in '.gz' (the same bytes
         each time: no time stamp); refuses to replace an existing file unless ``overwrite``."""
+        path = os.fspath(path)
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
         data = self.to_json().encode("utf-8")
@@ -384,8 +388,22 @@ SUFFIXES = (".json", ".json.gz")
 
 def _builtin_files() -> Dict[str, Any]:
     """Built-in profile name -> its file inside the package."""
-    files = resources.files("torch_alpha_profiler").joinpath("data")
-    return {p.name[:-len(s)]: p for p in files.iterdir() for s in SUFFIXES if p.name.endswith(s)}
+    return profile_files(resources.files("torch_alpha_profiler").joinpath("data").iterdir())
+
+
+def profile_files(paths) -> Dict[str, Any]:
+    """Profile name -> file, for the files of ``paths`` that end in a profile suffix (SUFFIXES);
+    two files of one name (a stale 'NAME.json' beside 'NAME.json.gz') are a ProfileError."""
+    found: Dict[str, Any] = {}
+    for p in sorted(paths, key=lambda p: p.name):
+        for suffix in SUFFIXES:
+            if p.name.endswith(suffix):
+                name = p.name[:-len(suffix)]
+                if name in found:
+                    raise ProfileError(f"two files for the built-in profile {name!r}: {found[name].name} and "
+                                       f"{p.name}; remove the stale one (reinstall the package)")
+                found[name] = p
+    return found
 
 
 def builtin_names() -> List[str]:

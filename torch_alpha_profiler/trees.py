@@ -32,6 +32,9 @@ METHOD = "boosted_trees"
 SETTINGS = {"trees": 150, "learning_rate": 0.15, "max_depth": 8, "min_samples_leaf": 5, "by_class": True}
 # a layer class with fewer fitted layers gets no trees of its own (factor 1)
 MIN_CLASS_ROWS = 20
+# the largest |log factor| a checked section's baseline or leaf may hold (e^50: no layer's time
+# is that far from its formula's)
+MAX_LOG_FACTOR = 50.0
 TILES = (32, 64, 128, 256)
 # (layers x trees) nodes walked at a time: bounds the walk's memory on a large table
 WALK_ELEMENTS = 2_000_000
@@ -215,11 +218,14 @@ def check(section, where: str) -> None:
         raise bad("", "must be an object")
     if section.get("method") != METHOD:
         raise bad(".method", f"is {section.get('method')!r}; expected {METHOD!r}")
-    if list(section.get("features", [])) != list(FEATURE_NAMES):
+    if not isinstance(section.get("features"), list) or section["features"] != list(FEATURE_NAMES):
         raise bad(".features", f"must be {list(FEATURE_NAMES)} (this version's inputs)")
     if "classes" not in section:  # one ensemble for every class (schema 4)
         _check_ensemble(section, "", bad)
         return
+    for key in ("baseline", "trees"):
+        if key in section:
+            raise bad(f".{key}", "is not allowed beside 'classes' (each class has its own)")
     classes = section["classes"]
     if not isinstance(classes, Mapping) or not classes:
         raise bad(".classes", "must be a non-empty object of layer classes")
@@ -234,8 +240,8 @@ def check(section, where: str) -> None:
 def _check_ensemble(part: Mapping, field: str, bad) -> None:
     """Validate one ensemble's 'baseline' and 'trees' (``field``: where it sits in the section)."""
     base = part.get("baseline")
-    if not isinstance(base, (int, float)) or isinstance(base, bool) or not np.isfinite(base):
-        raise bad(f"{field}.baseline", f"must be a finite number, got {base!r}")
+    if not isinstance(base, (int, float)) or isinstance(base, bool) or not abs(base) <= MAX_LOG_FACTOR:
+        raise bad(f"{field}.baseline", f"must be a number within +-{MAX_LOG_FACTOR} (a log factor), got {base!r}")
     trees = part.get("trees")
     if not isinstance(trees, list) or not trees:
         raise bad(f"{field}.trees", "must be a non-empty list")
@@ -256,6 +262,8 @@ def _check_ensemble(part: Mapping, field: str, bad) -> None:
                 raise bad(f"{where}.{key}", "must hold numbers") from None
             if cols[key].shape != (len(tree["feature"]),) or not np.isfinite(cols[key]).all():
                 raise bad(f"{where}.{key}", "must hold one finite number a node, as many as 'feature'")
+        if not (np.abs(cols["value"]) <= MAX_LOG_FACTOR).all():
+            raise bad(f"{where}.value", f"must hold log factors within +-{MAX_LOG_FACTOR}")
         n = len(cols["feature"])
         inner = cols["feature"] >= 0
         ok = (cols["feature"] < len(FEATURE_NAMES)) & (cols["feature"] >= -1)
